@@ -1,0 +1,267 @@
+"""Pull-through fills: one upstream fetch per missing slice, however many ask.
+
+A ``Fill`` downloads one slice into the store's temporary file. Every client
+that wants the slice meanwhile, the first one included, reads the part that
+has arrived so far straight from that file with ``sendfile`` and waits for
+more, so the first byte never waits for the whole slice and N concurrent
+misses cost exactly one upstream fetch.
+
+If the disk cannot take the slice (full of pinned data, failed, or a write
+error midway) the fill keeps the bytes in memory instead (at most one slice)
+and the clients are served all the same: the edge passes through and reports
+itself degraded rather than failing players.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import xxhash
+
+from .errors import EdgeError, UpstreamError, UpstreamMismatch
+from .store import ObjectMeta, SliceStore, SliceWriter, slice_key
+from .upstream import Upstreams
+
+log = logging.getLogger("edge.pull")
+
+MAX_RESUMES = 2
+
+
+class Fill:
+    """One slice on its way from upstream to disk."""
+
+    __slots__ = (
+        "_waiter",
+        "avail",
+        "body_offset",
+        "closer",
+        "done",
+        "error",
+        "expect_etag",
+        "fd",
+        "index",
+        "key",
+        "length",
+        "mem",
+        "meta",
+        "path",
+        "pinned",
+        "readers",
+        "source",
+        "task",
+        "writer",
+    )
+
+    def __init__(self, key: int, path: str, index: int, expect_etag: str | None, pinned: bool):
+        self.key = key
+        self.path = path
+        self.index = index
+        self.expect_etag = expect_etag
+        self.pinned = pinned
+        self.meta: ObjectMeta | None = None
+        self.length = 0
+        self.avail = 0  # body bytes readable so far
+        self.writer: SliceWriter | None = None  # None once committed, aborted or never cached
+        self.closer: SliceWriter | None = None  # owns ``fd``; closed when the last reader leaves
+        self.fd = -1
+        self.body_offset = 0
+        self.mem: bytearray | None = None
+        self.done = False
+        self.error: BaseException | None = None
+        self.readers = 0
+        self.source = ""
+        self.task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _notify(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    async def wait(self) -> None:
+        """Until more bytes, the metadata, completion or an error arrive."""
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._waiter)
+
+    async def wait_meta(self) -> ObjectMeta:
+        while self.meta is None:
+            if self.error is not None:
+                raise self.error
+            await self.wait()
+        return self.meta
+
+    def _close_fd(self) -> None:
+        if self.closer is not None and self.done and self.readers == 0:
+            self.closer.close()
+            self.closer = None
+
+    def release(self) -> None:
+        self.readers -= 1
+        self._close_fd()
+
+
+class Puller:
+    """Starts and coalesces fills; counts what happens."""
+
+    def __init__(
+        self,
+        store: SliceStore,
+        upstreams: Upstreams,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.upstreams = upstreams
+        self.clock = clock
+        self.inflight: dict[int, Fill] = {}
+        self.started = 0
+        self.coalesced = 0
+        self.upstream_bytes = 0
+        self.checksum_failures = 0
+        self.not_cached = 0  # fills passed through without caching (disk full / failed)
+        self.last_not_cached = 0.0
+        self.resumes = 0
+
+    def get(
+        self, path: str, index: int, *, expect_etag: str | None = None, pinned: bool = False
+    ) -> Fill:
+        key = slice_key(path, index)
+        fill = self.inflight.get(key)
+        if fill is not None and fill.error is None:
+            self.coalesced += 1
+            return fill
+        fill = Fill(key, path, index, expect_etag, pinned)
+        self.inflight[key] = fill
+        self.started += 1
+        fill.task = asyncio.get_running_loop().create_task(self._run(fill))
+        return fill
+
+    async def _run(self, fill: Fill) -> None:
+        try:
+            await self._download(fill)
+        except asyncio.CancelledError:
+            fill.error = UpstreamError("fill cancelled", reason="cancelled")
+            raise
+        except (EdgeError, OSError) as exc:
+            fill.error = exc
+        except Exception as exc:  # never leave waiters hanging
+            log.exception("event=fill_crashed path=%s slice=%d", fill.path, fill.index)
+            fill.error = exc
+        finally:
+            if fill.writer is not None and fill.error is not None:
+                self.store.abort(fill.writer)
+            fill.done = True
+            if self.inflight.get(fill.key) is fill:
+                del self.inflight[fill.key]
+            fill._close_fd()
+            fill._notify()
+
+    async def _download(self, fill: Fill) -> None:
+        size = self.store.slice_size
+        start = fill.index * size
+        end = start + size - 1
+        resp = await self.upstreams.fetch(fill.path, start, end, fill.expect_etag)
+        meta = resp.meta
+        fill.meta = meta
+        fill.length = resp.length
+        fill.source = resp.source
+        writer = self.store.begin_insert(fill.path, fill.index, resp.length, meta, pinned=fill.pinned)
+        if writer is None:
+            fill.mem = bytearray()
+            self.not_cached += 1
+            self.last_not_cached = self.clock()
+        else:
+            fill.writer = fill.closer = writer
+            fill.fd = writer.fd
+            fill.body_offset = writer.body_offset
+        fill._notify()
+
+        hasher = xxhash.xxh64() if resp.whole and meta.checksum else None
+        body = resp.body
+        resumes = 0
+        while True:
+            try:
+                async for chunk in body:
+                    if hasher is not None:
+                        hasher.update(chunk)
+                    self._append(fill, chunk)
+                    self.upstream_bytes += len(chunk)
+                    fill._notify()
+                break
+            except UpstreamError as exc:
+                # Resume where the broken transfer stopped, from the same or the next upstream,
+                # insisting on the same representation (ETag).
+                if resumes >= MAX_RESUMES or isinstance(exc, UpstreamMismatch):
+                    raise
+                resumes += 1
+                self.resumes += 1
+                log.info(
+                    "event=fill_resume path=%s slice=%d at=%d error=%r",
+                    fill.path,
+                    fill.index,
+                    fill.avail,
+                    str(exc),
+                )
+                resp = await self.upstreams.fetch(
+                    fill.path, start + fill.avail, start + fill.length - 1, meta.etag
+                )
+                if resp.length != fill.length - fill.avail:
+                    raise UpstreamMismatch("resumed range has the wrong length") from exc
+                body = resp.body
+
+        if fill.avail != fill.length:
+            raise UpstreamMismatch(f"got {fill.avail} of {fill.length} bytes")
+        if hasher is not None and hasher.hexdigest() != meta.checksum:
+            self.checksum_failures += 1
+            raise UpstreamMismatch(
+                f"checksum mismatch for {fill.path}: {hasher.hexdigest()} != {meta.checksum}"
+            )
+        if fill.writer is not None:
+            loop = asyncio.get_running_loop()
+            # fsync is slow; never on the event loop.
+            writer, fill.writer = fill.writer, None
+            ok = await loop.run_in_executor(None, self.store.commit, writer)
+            if not ok:
+                self.not_cached += 1
+                self.last_not_cached = self.clock()
+
+    def _append(self, fill: Fill, chunk: bytes) -> None:
+        if fill.avail + len(chunk) > fill.length:
+            raise UpstreamMismatch("upstream sent more bytes than announced")
+        if fill.mem is not None:
+            fill.mem += chunk
+        else:
+            assert fill.writer is not None
+            try:
+                fill.writer.write(chunk)
+            except OSError as exc:
+                # The disk failed midway: keep serving from memory, stop caching this slice.
+                self.store._disk_error(fill.writer.disk, exc)
+                fill.mem = bytearray(
+                    os.pread(fill.fd, fill.avail, fill.body_offset) if fill.avail else b""
+                )
+                if len(fill.mem) != fill.avail:
+                    raise UpstreamError("could not recover a failed slice write") from exc
+                fill.mem += chunk
+                self.store.abort(fill.writer)
+                fill.writer = None  # readers may still be using fd: ``closer`` closes it later
+                self.not_cached += 1
+                self.last_not_cached = self.clock()
+        fill.avail += len(chunk)
+
+    async def shutdown(self) -> None:
+        tasks = [f.task for f in self.inflight.values() if f.task is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
