@@ -36,7 +36,6 @@ from .upstream import UpstreamSpec, Upstreams, read_credential
 log = logging.getLogger("edge.app")
 
 
-
 class Edge:
     """Live state shared by the admin API and the data plane."""
 
@@ -115,7 +114,9 @@ class Edge:
                 h.state,
                 self.config.node_id,
                 self.config.site,
-                ",".join('"' + r.replace("\\", "\\\\").replace('"', '\\"') + '"' for r in h.reasons),
+                ",".join(
+                    '"' + r.replace("\\", "\\\\").replace('"', '\\"') + '"' for r in h.reasons
+                ),
             )
         ).encode()
         return h.http_status, "application/json", body
@@ -208,7 +209,9 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     ]
     connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=60)
     async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
-        edge.upstreams = Upstreams(specs, session, retries=cfg.upstream_retries, node_id=cfg.node_id)
+        edge.upstreams = Upstreams(
+            specs, session, retries=cfg.upstream_retries, node_id=cfg.node_id
+        )
         assert edge.store is not None
         edge.puller = Puller(edge.store, edge.upstreams)
         yield

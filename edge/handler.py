@@ -130,7 +130,13 @@ class EdgeHandler:
         return keep
 
     async def _reply(
-        self, conn: Connection, status: int, message: str, keep: bool, extra: str = "", head_only: bool = False
+        self,
+        conn: Connection,
+        status: int,
+        message: str,
+        keep: bool,
+        extra: str = "",
+        head_only: bool = False,
     ) -> tuple[int, int, str, bool]:
         await conn.send(
             simple_response(status, message, close=not keep, extra=extra, head_only=head_only)
@@ -146,7 +152,9 @@ class EdgeHandler:
             if method == "OPTIONS":
                 return await self._preflight(conn, keep)
             if method in KNOWN_METHODS:
-                return await self._reply(conn, 405, f"{method} not allowed", keep, "Allow: GET, HEAD, OPTIONS\r\n")
+                return await self._reply(
+                    conn, 405, f"{method} not allowed", keep, "Allow: GET, HEAD, OPTIONS\r\n"
+                )
             return await self._reply(conn, 501, f"unknown method {method}", keep)
 
         path = req.path
@@ -173,7 +181,9 @@ class EdgeHandler:
         token, path = split_token(path)
         if not path.startswith(self.public):
             if self.verifier is None:
-                self.stats.token_rejections["missing"] = self.stats.token_rejections.get("missing", 0) + 1
+                self.stats.token_rejections["missing"] = (
+                    self.stats.token_rejections.get("missing", 0) + 1
+                )
                 return await self._reply(conn, 403, "forbidden: missing", keep, head_only=head_only)
             try:
                 self.verifier.check(token, path, conn.peer)
@@ -190,11 +200,17 @@ class EdgeHandler:
             return await self._reply(conn, 404, "not found", keep, head_only=head_only)
         except RangeNotSatisfiable as exc:
             return await self._reply(
-                conn, 416, "range not satisfiable", keep,
-                f"Content-Range: {unsatisfied_range(exc.size)}\r\n", head_only,
+                conn,
+                416,
+                "range not satisfiable",
+                keep,
+                f"Content-Range: {unsatisfied_range(exc.size)}\r\n",
+                head_only,
             )
         except UpstreamError as exc:
-            return await self._reply(conn, 502, f"upstream: {exc.reason}", keep, head_only=head_only)
+            return await self._reply(
+                conn, 502, f"upstream: {exc.reason}", keep, head_only=head_only
+            )
         try:
             return await self._respond(conn, req, t0, keep, path, meta, hit, pending)
         finally:
@@ -239,8 +255,12 @@ class EdgeHandler:
                 ranges = _parse_range(range_value, size, self.max_ranges)
         if ranges is UNSATISFIABLE:
             return await self._reply(
-                conn, 416, "range not satisfiable", keep,
-                f"Content-Range: {unsatisfied_range(size)}\r\n", head_only,
+                conn,
+                416,
+                "range not satisfiable",
+                keep,
+                f"Content-Range: {unsatisfied_range(size)}\r\n",
+                head_only,
             )
 
         common = (
@@ -357,7 +377,11 @@ class EdgeHandler:
             idx = pos // size
             base = idx * size
             n = min(end + 1, base + size) - pos
-            h = None if pending is not None and pending.index == idx else store.open_slice(path, idx)
+            h = (
+                None
+                if pending is not None and pending.index == idx
+                else store.open_slice(path, idx)
+            )
             if h is not None:
                 stats.lookups_hit += 1
                 if h.meta.etag != meta.etag:

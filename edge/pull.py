@@ -122,6 +122,8 @@ class Puller:
         self.upstreams = upstreams
         self.clock = clock
         self.inflight: dict[int, Fill] = {}
+        self.idle = asyncio.Event()  # set whenever no fill is running (tests and drain wait on it)
+        self.idle.set()
         self.started = 0
         self.coalesced = 0
         self.upstream_bytes = 0
@@ -140,6 +142,7 @@ class Puller:
             return fill
         fill = Fill(key, path, index, expect_etag, pinned)
         self.inflight[key] = fill
+        self.idle.clear()
         self.started += 1
         fill.task = asyncio.get_running_loop().create_task(self._run(fill))
         return fill
@@ -161,6 +164,8 @@ class Puller:
             fill.done = True
             if self.inflight.get(fill.key) is fill:
                 del self.inflight[fill.key]
+                if not self.inflight:
+                    self.idle.set()
             fill._close_fd()
             fill._notify()
 
@@ -173,7 +178,9 @@ class Puller:
         fill.meta = meta
         fill.length = resp.length
         fill.source = resp.source
-        writer = self.store.begin_insert(fill.path, fill.index, resp.length, meta, pinned=fill.pinned)
+        writer = self.store.begin_insert(
+            fill.path, fill.index, resp.length, meta, pinned=fill.pinned
+        )
         if writer is None:
             fill.mem = bytearray()
             self.not_cached += 1
@@ -264,4 +271,3 @@ class Puller:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-

@@ -167,7 +167,9 @@ class Connection:
     def abort(self) -> None:
         """Drop the connection without finishing the response (RFC 9112 §9.6 style)."""
         with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
         with contextlib.suppress(OSError):
             self.sock.close()
 

@@ -130,9 +130,13 @@ class Upstreams:
         self.failures[reason] = self.failures.get(reason, 0) + 1
         self.last_error = f"{spec.url}: {detail}"
         self.last_error_at = time.time()
-        log.warning("event=upstream_failure upstream=%s reason=%s detail=%r", spec.url, reason, detail)
+        log.warning(
+            "event=upstream_failure upstream=%s reason=%s detail=%r", spec.url, reason, detail
+        )
 
-    async def fetch(self, path: str, start: int, end: int, expect_etag: str | None = None) -> UpstreamResponse:
+    async def fetch(
+        self, path: str, start: int, end: int, expect_etag: str | None = None
+    ) -> UpstreamResponse:
         """Fetch bytes ``start..end`` (inclusive, end clipped to the object) of ``path``."""
         last: Exception | None = None
         for spec in self.specs:
@@ -164,7 +168,9 @@ class Upstreams:
 
     # -- HTTP --------------------------------------------------------------
 
-    async def _fetch_http(self, spec: UpstreamSpec, path: str, start: int, end: int) -> UpstreamResponse:
+    async def _fetch_http(
+        self, spec: UpstreamSpec, path: str, start: int, end: int
+    ) -> UpstreamResponse:
         url = spec.url + quote(path, safe="/:@!$&'()*+,;=-._~")
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         if spec.credential:
@@ -246,7 +252,9 @@ class Upstreams:
 
     # -- local directory ---------------------------------------------------
 
-    async def _fetch_file(self, spec: UpstreamSpec, path: str, start: int, end: int) -> UpstreamResponse:
+    async def _fetch_file(
+        self, spec: UpstreamSpec, path: str, start: int, end: int
+    ) -> UpstreamResponse:
         root = spec.url[len("file://") :]
         full = os.path.realpath(os.path.join(root, path.lstrip("/")))
         # Paths are normalised before they get here; this is the last line of defence.
@@ -266,16 +274,22 @@ class Upstreams:
             if start >= size and not (start == 0 and size == 0):
                 raise RangeNotSatisfiable(size)
             lm = int(st.st_mtime)
-            etag = '"' + hashlib.blake2s(
-                f"{st.st_ino}-{size}-{st.st_mtime_ns}".encode(), digest_size=10
-            ).hexdigest() + '"'
+            etag = (
+                '"'
+                + hashlib.blake2s(
+                    f"{st.st_ino}-{size}-{st.st_mtime_ns}".encode(), digest_size=10
+                ).hexdigest()
+                + '"'
+            )
             meta = ObjectMeta(size, etag, lm, guess_type(path), None)
             length = 0 if size == 0 else min(end, size - 1) - start + 1
             await f.seek(start)
         except BaseException:
             await f.close()
             raise
-        return UpstreamResponse(spec.url, meta, start, length, _file_body(f, length), length == size)
+        return UpstreamResponse(
+            spec.url, meta, start, length, _file_body(f, length), length == size
+        )
 
 
 def _stat_is_file(st: os.stat_result) -> bool:
