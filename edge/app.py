@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .config import EdgeConfig
+from .config import read_credential_file as read_credential
 from .handler import EdgeHandler
 from .health import Health, HealthFacts, evaluate
 from .metrics import EdgeCollector, EdgeStats
@@ -31,7 +33,7 @@ from .pull import Puller
 from .server import Server
 from .store import SliceStore
 from .tokens import TokenVerifier, load_keys
-from .upstream import UpstreamSpec, Upstreams, read_credential
+from .upstream import Upstreams, UpstreamSpec
 
 log = logging.getLogger("edge.app")
 
@@ -108,18 +110,13 @@ class Edge:
 
     def health_body(self) -> tuple[int, str, bytes]:
         h = self.health()
-        body = (
-            '{"state":"%s","node":"%s","site":"%s","reasons":[%s]}\n'
-            % (
-                h.state,
-                self.config.node_id,
-                self.config.site,
-                ",".join(
-                    '"' + r.replace("\\", "\\\\").replace('"', '\\"') + '"' for r in h.reasons
-                ),
-            )
-        ).encode()
-        return h.http_status, "application/json", body
+        doc = {
+            "state": h.state,
+            "node": self.config.node_id,
+            "site": self.config.site,
+            "reasons": list(h.reasons),
+        }
+        return h.http_status, "application/json", json.dumps(doc).encode() + b"\n"
 
     def metrics_body(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)

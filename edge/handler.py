@@ -31,9 +31,15 @@ from .errors import (
 from .http1 import Request
 from .metrics import EdgeStats
 from .pull import Fill, Puller
-from .ranges import UNSATISFIABLE, ByteRange, content_range, make_boundary, multipart_layout
+from .ranges import (
+    UNSATISFIABLE,
+    ByteRange,
+    content_range,
+    make_boundary,
+    multipart_layout,
+    unsatisfied_range,
+)
 from .ranges import parse_range as _parse_range
-from .ranges import unsatisfied_range
 from .server import Connection, ConnectionAborted, http_date_now, simple_response
 from .store import ObjectMeta, SliceHandle, SliceStore
 from .tokens import TokenRejected, TokenVerifier, split_token

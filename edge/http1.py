@@ -126,8 +126,6 @@ def parse_head(head: bytes) -> Request:
     path = raw_path if raw_path == "*" else normalize_path(raw_path)
 
     conn = headers.get("connection", "").lower()
-    if version == "HTTP/1.1":
-        keep_alive = "close" not in conn
-    else:
-        keep_alive = "keep-alive" in conn
+    # RFC 9112 §9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
+    keep_alive = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
     return Request(method, target, path, query, version, headers, keep_alive)

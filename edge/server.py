@@ -42,6 +42,7 @@ class ConnectionAborted(Exception):
 class Connection:
     __slots__ = (
         "buf",
+        "busy",
         "bytes_out",
         "deadline",
         "fd",
@@ -52,7 +53,6 @@ class Connection:
         "sock",
         "task",
         "timed_out",
-        "busy",
     )
 
     def __init__(self, server: Server, sock: socket.socket, peer: str) -> None:

@@ -216,7 +216,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 class SliceWriter:
     """A slice being filled: a temporary file that becomes visible on commit."""
 
-    __slots__ = ("disk", "fd", "final", "key", "length", "pinned", "tmp", "written", "body_offset")
+    __slots__ = ("body_offset", "disk", "fd", "final", "key", "length", "pinned", "tmp", "written")
 
     def __init__(self, disk: Disk, key: int, header: bytes, length: int, pinned: bool) -> None:
         self.disk = disk

@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 import aiofiles
@@ -184,7 +183,7 @@ class Upstreams:
             resp = await self.session.get(
                 url, headers=headers, timeout=timeout, allow_redirects=False, auto_decompress=False
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"connect: {exc!r}", reason="connect") from exc
         try:
             return self._validate_http(spec, resp, path, start, end)
@@ -312,7 +311,7 @@ async def _http_body(resp: aiohttp.ClientResponse, length: int) -> AsyncIterator
         while got < length:
             try:
                 chunk = await resp.content.read(min(READ_CHUNK, length - got))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError(f"body after {got} bytes: {exc!r}", reason="body") from exc
             if not chunk:
                 raise UpstreamError(f"truncated: {got} of {length} bytes", reason="truncated")
@@ -347,11 +346,3 @@ async def _close(body: AsyncIterator[bytes]) -> None:
     aclose = getattr(body, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-def read_credential(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            return line
-    raise ValueError(f"{path}: no credential found")
