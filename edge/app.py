@@ -175,6 +175,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         [(d.path, d.size) for d in cfg.dirs],
         slice_size=cfg.slice_size,
         max_open_files=cfg.max_open_files,
+        reserve=cfg.reserve,
     )
     t0 = time.perf_counter()
     # Rebuilding walks the whole cache; keep the loop free while it runs.

@@ -306,12 +306,14 @@ class EdgeHandler:
             await conn.send(head)
             self.stats.ttfb[cache].observe(time.perf_counter() - t0)
             return status, 0, cache, keep
-        await conn.send(head, more=bool(parts))
+        # MSG_MORE lets the head share a packet with the body, but only a hit's body is ready
+        # at once; on a miss the kernel would hold the head back while the upstream answers.
+        await conn.send(head, more=hit and bool(parts))
         self.stats.ttfb[cache].observe(time.perf_counter() - t0)
         before = conn.bytes_out
         for part_head, r in parts:
             if part_head:
-                await conn.send(part_head, more=True)
+                await conn.send(part_head, more=hit)
             await self._send_range(conn, path, meta, r.start, r.end, pending)
         if closing:
             await conn.send(closing)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import xxhash
 
-from .errors import EdgeError, UpstreamError, UpstreamMismatch
+from .errors import EdgeError, RangeNotSatisfiable, UpstreamError, UpstreamMismatch
 from .store import ObjectMeta, SliceStore, SliceWriter, slice_key
 from .upstream import Upstreams
 
@@ -54,7 +54,9 @@ class Fill:
         "readers",
         "source",
         "task",
+        "verify",
         "writer",
+        "written",
     )
 
     def __init__(self, key: int, path: str, index: int, expect_etag: str | None, pinned: bool):
@@ -65,7 +67,9 @@ class Fill:
         self.pinned = pinned
         self.meta: ObjectMeta | None = None
         self.length = 0
-        self.avail = 0  # body bytes readable so far
+        self.written = 0  # body bytes received so far
+        self.avail = 0  # body bytes readers may use: the last byte waits for checksum verification
+        self.verify = False
         self.writer: SliceWriter | None = None  # None once committed, aborted or never cached
         self.closer: SliceWriter | None = None  # owns ``fd``; closed when the last reader leaves
         self.fd = -1
@@ -153,6 +157,11 @@ class Puller:
         except asyncio.CancelledError:
             fill.error = UpstreamError("fill cancelled", reason="cancelled")
             raise
+        except UpstreamError as exc:
+            # Failures found mid-body (truncation, checksum, too many bytes) count like the rest.
+            if not isinstance(exc, RangeNotSatisfiable) and fill.meta is not None:
+                self.upstreams.record_failure(exc.reason, fill.source, str(exc))
+            fill.error = exc
         except (EdgeError, OSError) as exc:
             fill.error = exc
         except Exception as exc:  # never leave waiters hanging
@@ -192,6 +201,9 @@ class Puller:
         fill._notify()
 
         hasher = xxhash.xxh64() if resp.whole and meta.checksum else None
+        # With a checksum to verify, hold the last byte back until it matches, so a client
+        # never receives a complete body that turns out to be wrong.
+        fill.verify = hasher is not None
         body = resp.body
         resumes = 0
         while True:
@@ -214,23 +226,26 @@ class Puller:
                     "event=fill_resume path=%s slice=%d at=%d error=%r",
                     fill.path,
                     fill.index,
-                    fill.avail,
+                    fill.written,
                     str(exc),
                 )
                 resp = await self.upstreams.fetch(
-                    fill.path, start + fill.avail, start + fill.length - 1, meta.etag
+                    fill.path, start + fill.written, start + fill.length - 1, meta.etag
                 )
-                if resp.length != fill.length - fill.avail:
+                if resp.length != fill.length - fill.written:
                     raise UpstreamMismatch("resumed range has the wrong length") from exc
                 body = resp.body
 
-        if fill.avail != fill.length:
-            raise UpstreamMismatch(f"got {fill.avail} of {fill.length} bytes")
-        if hasher is not None and hasher.hexdigest() != meta.checksum:
-            self.checksum_failures += 1
-            raise UpstreamMismatch(
-                f"checksum mismatch for {fill.path}: {hasher.hexdigest()} != {meta.checksum}"
-            )
+        if fill.written != fill.length:
+            raise UpstreamMismatch(f"got {fill.written} of {fill.length} bytes")
+        if hasher is not None:
+            if hasher.hexdigest() != meta.checksum:
+                self.checksum_failures += 1
+                raise UpstreamMismatch(
+                    f"checksum mismatch for {fill.path}: {hasher.hexdigest()} != {meta.checksum}"
+                )
+            fill.avail = fill.written
+            fill._notify()
         if fill.writer is not None:
             loop = asyncio.get_running_loop()
             # fsync is slow; never on the event loop.
@@ -241,7 +256,7 @@ class Puller:
                 self.last_not_cached = self.clock()
 
     def _append(self, fill: Fill, chunk: bytes) -> None:
-        if fill.avail + len(chunk) > fill.length:
+        if fill.written + len(chunk) > fill.length:
             raise UpstreamMismatch("upstream sent more bytes than announced")
         if fill.mem is not None:
             fill.mem += chunk
@@ -253,16 +268,19 @@ class Puller:
                 # The disk failed midway: keep serving from memory, stop caching this slice.
                 self.store._disk_error(fill.writer.disk, exc)
                 fill.mem = bytearray(
-                    os.pread(fill.fd, fill.avail, fill.body_offset) if fill.avail else b""
+                    os.pread(fill.fd, fill.written, fill.body_offset) if fill.written else b""
                 )
-                if len(fill.mem) != fill.avail:
+                if len(fill.mem) != fill.written:
                     raise UpstreamError("could not recover a failed slice write") from exc
                 fill.mem += chunk
                 self.store.abort(fill.writer)
                 fill.writer = None  # readers may still be using fd: ``closer`` closes it later
                 self.not_cached += 1
                 self.last_not_cached = self.clock()
-        fill.avail += len(chunk)
+        fill.written += len(chunk)
+        fill.avail = (
+            fill.written - 1 if fill.verify and fill.written == fill.length else fill.written
+        )
 
     async def shutdown(self) -> None:
         tasks = [f.task for f in self.inflight.values() if f.task is not None]

@@ -266,6 +266,7 @@ class SliceStore:
         *,
         slice_size: int,
         max_open_files: int = 4096,
+        reserve: int = 0,
         on_evict: Callable[[int], None] | None = None,
     ) -> None:
         self.disks = [Disk(Path(p), cap) for p, cap in disks]
@@ -273,6 +274,7 @@ class SliceStore:
             raise ValueError("at least one cache directory is required")
         self.slice_size = slice_size
         self.max_open_files = max_open_files
+        self.reserve = reserve
         self._open: OrderedDict[int, SliceHandle] = OrderedDict()
         self._on_evict = on_evict
         self.evictions = 0
@@ -443,7 +445,7 @@ class SliceStore:
             self.evicted_bytes += vsize
             if self._on_evict is not None:
                 self._on_evict(vsize)
-        if not fits:
+        if not fits or not self._has_free_space(disk, need):
             return None
         try:
             w = SliceWriter(disk, key, header, length, pinned)
@@ -452,6 +454,17 @@ class SliceStore:
             return None
         disk.reserved += need
         return w
+
+    def _has_free_space(self, disk: Disk, need: int) -> bool:
+        """Keep ``reserve`` bytes free on the filesystem (it may be shared with other data)."""
+        if not self.reserve:
+            return True
+        try:
+            st = os.statvfs(disk.root)
+        except OSError as exc:
+            self._disk_error(disk, exc)
+            return False
+        return st.f_bavail * st.f_frsize - need >= self.reserve
 
     def commit(self, w: SliceWriter) -> bool:
         """Make a fully written slice visible. Blocking (fsync): run it in a thread.

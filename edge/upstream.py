@@ -125,12 +125,13 @@ class Upstreams:
         self.last_error_at = 0.0
         self.last_success_at = 0.0
 
-    def _fail(self, reason: str, spec: UpstreamSpec, detail: str) -> None:
+    def record_failure(self, reason: str, source: str, detail: str) -> None:
+        """Count a failed attempt; also used by fills for failures found mid-body."""
         self.failures[reason] = self.failures.get(reason, 0) + 1
-        self.last_error = f"{spec.url}: {detail}"
+        self.last_error = f"{source}: {detail}"
         self.last_error_at = time.time()
         log.warning(
-            "event=upstream_failure upstream=%s reason=%s detail=%r", spec.url, reason, detail
+            "event=upstream_failure upstream=%s reason=%s detail=%r", source, reason, detail
         )
 
     async def fetch(
@@ -151,11 +152,11 @@ class Upstreams:
                 except (NotFound, RangeNotSatisfiable):
                     raise
                 except UpstreamMismatch as exc:
-                    self._fail("mismatch", spec, str(exc))
+                    self.record_failure("mismatch", spec.url, str(exc))
                     last = exc
                     break  # a wrong answer will not improve on retry; try the next upstream
                 except UpstreamError as exc:
-                    self._fail(exc.reason, spec, str(exc))
+                    self.record_failure(exc.reason, spec.url, str(exc))
                     last = exc
                     continue
                 if expect_etag is not None and resp.meta.etag != expect_etag:
