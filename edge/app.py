@@ -305,11 +305,7 @@ async def _purge(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="query parameter 'path' must be an absolute object path\n")
     edge = request.app[EDGE]
     assert edge.store is not None
-    # Slices are keyed by index; without the size, purge the slices present from the start.
-    removed = 0
-    h = edge.store.open_slice(path, 0)
-    size = h.meta.size if h is not None else edge.store.slice_size
-    removed = edge.store.purge(path, size)
+    removed = edge.store.purge(path)
     return web.json_response({"path": path, "slices_removed": removed})
 
 

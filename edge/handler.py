@@ -115,7 +115,9 @@ class EdgeHandler:
             # Only reached after the head was sent: abort rather than send a wrong body.
             self.stats.client_aborts += 1
             log.warning(
-                "event=response_aborted path=%s error=%r", req.path, f"{type(exc).__name__}: {exc}"
+                "event=response_aborted path=%s error=%r",
+                split_token(req.path)[1],  # never log the token
+                f"{type(exc).__name__}: {exc}",
             )
             status, keep = 499, False
             conn.abort()
@@ -407,7 +409,7 @@ class EdgeHandler:
             pos += n
 
     def _changed(self, path: str, meta: ObjectMeta) -> None:
-        n = self.store.purge(path, meta.size)
+        n = self.store.purge(path)
         log.warning("event=object_changed path=%s purged_slices=%d", path, n)
         raise ObjectChanged(f"{path} changed upstream")
 

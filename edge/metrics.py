@@ -15,8 +15,9 @@ response_bytes_total{cache}                 counter  body bytes sent to clients,
 cache_lookups_total{result}                 counter  slice lookups, result=hit|miss
 ttfb_seconds{cache}                         histo    request parsed -> response head sent
 upstream_fetches_total                      counter  upstream requests made (attempts, incl. retries)
-upstream_failures_total{reason}             counter  failed attempts: connect, status_5xx, body,
-                                                     truncated, mismatch, io, exhausted
+upstream_failures_total{reason}             counter  failed attempts: connect, status_<code>
+                                                     (5xx, 401, 403, 408, 429), body, truncated,
+                                                     mismatch, io
 upstream_bytes_total                        counter  body bytes received from upstreams
 fills_started_total                         counter  slice fills started (one per coalesced miss)
 coalesced_waiters_total                     counter  requests that joined a fill already running

@@ -315,7 +315,6 @@ class Server:
             sock.setblocking(False)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.connections_total += 1
             if len(self.conns) >= limits.max_connections or self.closing:
                 reason = "draining" if self.closing else "connections"
                 self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -330,6 +329,7 @@ class Server:
                     )
                 sock.close()
                 continue
+            self.connections_total += 1
             peer = addr[0] if isinstance(addr, tuple) else str(addr)
             if peer.startswith("::ffff:"):
                 peer = peer[7:]

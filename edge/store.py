@@ -275,6 +275,8 @@ class SliceStore:
         self.slice_size = slice_size
         self.max_open_files = max_open_files
         self.reserve = reserve
+        # Slices probed by purge when the object's size is unknown (128 GiB at 2 MiB slices).
+        self.max_probe = 65536
         self._open: OrderedDict[int, SliceHandle] = OrderedDict()
         self._on_evict = on_evict
         self.evictions = 0
@@ -408,15 +410,28 @@ class SliceStore:
             self._drop(h)
         _unlink(disk.file_path(key))
 
-    def purge(self, path: str, size: int) -> int:
-        """Remove every cached slice of an object; returns how many were removed."""
+    def purge(self, path: str, size: int | None = None) -> int:
+        """Remove every cached slice of an object; returns how many were removed.
+
+        Without a known size, slices are probed by index (a hash and a dict lookup
+        each) up to ``max_probe``, and any slice found tells the object's real size.
+        """
         n = 0
-        for i in range(max(1, -(-size // self.slice_size))):
+        limit = self.max_probe if size is None else max(1, -(-size // self.slice_size))
+        i = 0
+        while i < limit:
             key = slice_key(path, i)
             disk = self.disk_for(key)
             if key in disk.index:
-                self._remove(disk, key)
-                n += 1
+                if size is None:
+                    h = self.open_slice(path, i)
+                    if h is not None:
+                        size = h.meta.size
+                        limit = max(1, -(-size // self.slice_size))
+                if key in disk.index:
+                    self._remove(disk, key)
+                    n += 1
+            i += 1
         return n
 
     # -- inserts (reactive misses and proactive fill alike) -------------------

@@ -340,7 +340,8 @@ async def _file_body(f: object, length: int) -> AsyncIterator[bytes]:
             got += len(chunk)
             yield chunk
     finally:
-        await f.close()  # type: ignore[attr-defined]
+        # Shielded: a fill cancelled at shutdown must still release the file.
+        await asyncio.shield(f.close())  # type: ignore[attr-defined]
 
 
 async def _close(body: AsyncIterator[bytes]) -> None:
