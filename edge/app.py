@@ -244,18 +244,21 @@ async def _server_ctx(app: web.Application) -> AsyncIterator[None]:
         cfg.listen.host,
         server.port,
     )
-    watcher = asyncio.get_running_loop().create_task(_watch_keys(edge))
+    watcher = asyncio.get_running_loop().create_task(_housekeeping(edge))
     yield
     watcher.cancel()
     edge.set_draining(True)
     await server.stop(cfg.limits.drain_timeout)
 
 
-async def _watch_keys(edge: Edge) -> None:
-    # Operators rotate keys by editing the key file; pick it up within seconds.
+async def _housekeeping(edge: Edge) -> None:
+    # Operators rotate keys by editing the key file: pick it up within seconds. Pin
+    # changes are persisted in batches.
     while True:
         await asyncio.sleep(5.0)
         edge.reload_keys()
+        if edge.store is not None:
+            edge.store.flush_pins()
 
 
 # -- admin API ---------------------------------------------------------------------------

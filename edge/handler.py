@@ -364,6 +364,20 @@ class EdgeHandler:
         fill.readers += 1
         try:
             return await fill.wait_meta(), False, fill
+        except RangeNotSatisfiable:
+            fill.release()
+            if not idx:
+                raise
+        except BaseException:
+            fill.release()
+            raise
+        # The first range starts beyond the object. That alone does not make the answer 416
+        # (the header may be invalid, other ranges may fit, preconditions come first), so
+        # learn the representation from its first slice and decide as on a hit.
+        fill = self.puller.get(path, 0)
+        fill.readers += 1
+        try:
+            return await fill.wait_meta(), False, fill
         except BaseException:
             fill.release()
             raise

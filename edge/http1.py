@@ -16,6 +16,8 @@ from .errors import HTTPError
 MAX_TARGET = 8192
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_BAD_CHARS = re.compile(r"[\x00\r\n]")
+_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]\Z")
 _CTL = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
@@ -65,13 +67,19 @@ def parse_head(head: bytes) -> Request:
     except UnicodeDecodeError:
         # RFC 9110 §5.5: field values are ASCII in practice; anything else is a bad client.
         raise HTTPError(400, "non-ASCII bytes in request head", reason="bad_request") from None
+    # RFC 9110 §5.5 and RFC 9112 §2.2: NUL, and CR or LF outside the CRLF line ends, are
+    # invalid anywhere in the head (bare CR/LF are a request smuggling vector).
     lines = text.split("\r\n")
+    crlf = text.count("\r\n")
+    if "\x00" in text or text.count("\r") != crlf or text.count("\n") != crlf:
+        where = "bad_request" if _BAD_CHARS.search(lines[0]) else "bad_header"
+        raise HTTPError(400, "NUL or bare CR/LF in request head", reason=where)
     parts = lines[0].split(" ")
     if len(parts) != 3:
         raise HTTPError(400, "malformed request line", reason="bad_request")
     method, target, version = parts
     if version != "HTTP/1.1" and version != "HTTP/1.0":
-        if version.startswith("HTTP/") and len(version) == 8 and version[5].isdigit():
+        if _VERSION.match(version):
             raise HTTPError(505, f"unsupported version {version}", reason="bad_version")
         raise HTTPError(400, "malformed request line", reason="bad_request")
     if not _TOKEN.match(method):
@@ -110,6 +118,9 @@ def parse_head(head: bytes) -> Request:
             raise HTTPError(400, "malformed Content-Length", reason="bad_header")
         raise HTTPError(413, "request bodies are not accepted here", reason="body")
 
+    if "#" in target:
+        # A fragment is never sent (RFC 9110 §4.2.5); one here is a broken or hostile client.
+        raise HTTPError(400, "fragment in request target", reason="bad_request")
     if target.startswith("/"):
         raw_path, _, query = target.partition("?")
     elif target.startswith(("http://", "https://")):
@@ -121,11 +132,9 @@ def parse_head(head: bytes) -> Request:
         raw_path, query = "*", ""
     else:
         raise HTTPError(400, "malformed request target", reason="bad_request")
-    if "#" in raw_path:
-        raise HTTPError(400, "fragment in request target", reason="bad_request")
     path = raw_path if raw_path == "*" else normalize_path(raw_path)
 
-    conn = headers.get("connection", "").lower()
+    conn = {t.strip() for t in headers.get("connection", "").lower().split(",")}
     # RFC 9112 §9.3: 1.1 persists unless "close"; 1.0 only with "keep-alive".
     keep_alive = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
     return Request(method, target, path, query, version, headers, keep_alive)

@@ -250,7 +250,19 @@ class Puller:
             loop = asyncio.get_running_loop()
             # fsync is slow; never on the event loop.
             writer, fill.writer = fill.writer, None
-            ok = await loop.run_in_executor(None, self.store.commit, writer)
+            store = self.store
+            fut = loop.run_in_executor(None, store.finish, writer)
+            try:
+                error = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # Shutting down: the thread finishes anyway; publish its result when it does.
+                def late(f: asyncio.Future[OSError | None]) -> None:
+                    exc = f.exception() if not f.cancelled() else OSError("cancelled")
+                    store.publish(writer, exc if isinstance(exc, OSError) else f.result())
+
+                fut.add_done_callback(late)
+                raise
+            ok = store.publish(writer, error)
             if not ok:
                 self.not_cached += 1
                 self.last_not_cached = self.clock()

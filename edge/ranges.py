@@ -115,10 +115,15 @@ def _spec(spec: str, size: int) -> tuple[int, int]:
         n = _num(last)
         if n < 0:
             return _INVALID
-        if n == 0 or size == 0:
+        if n == 0:
             # A zero suffix-length selects nothing (§14.1.1: a range-set is satisfiable only
-            # with a non-zero suffix-length), and nothing can be selected from nothing.
+            # with a non-zero suffix-length).
             return _UNSAT
+        if size == 0:
+            # §14.1.2: a non-zero suffix on an empty representation IS satisfiable (the whole,
+            # empty, representation), so 416 is wrong (§15.5.17); yet no Content-Range can
+            # express it. Ignore the header (§14.2) and answer 200 with the empty body.
+            return _INVALID
         return (size - n if n < size else 0), size - 1
     start = _num(first)
     if start < 0:

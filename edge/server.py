@@ -33,6 +33,8 @@ log = logging.getLogger("edge.server")
 
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _RECV = 65536
+_NEVER = float("inf")
+_LINGER_TIME = 2.0  # seconds to keep reading after an error response (nginx lingering_time)
 
 
 class ConnectionAborted(Exception):
@@ -86,12 +88,23 @@ class Connection:
             finally:
                 self.loop.remove_reader(self.fd)
 
+    async def _wait_writable(self) -> None:
+        # The send timeout runs only while the client accepts nothing; waits for the
+        # upstream in between are bounded by the upstream's own timeouts.
+        self.deadline = self.loop.time() + self.server.limits.send_timeout
+        try:
+            await self._wait(True)
+        finally:
+            self.deadline = _NEVER
+
     # -- reading ---------------------------------------------------------------
 
     async def read_head(self) -> Request | None:
         """The next request head, or None when the client closed cleanly between requests."""
         limits = self.server.limits
-        buf = self.buf
+        # RFC 9112 §2.2: ignore empty lines before a request-line, also when they were
+        # pipelined behind the previous request.
+        buf = self.buf.lstrip(b"\r\n")
         started = bool(buf)
         self.deadline = self.loop.time() + (
             limits.header_timeout if started else limits.idle_timeout
@@ -135,8 +148,7 @@ class Connection:
             try:
                 n = sock.send(view, flags)
             except BlockingIOError:
-                self.deadline = self.loop.time() + self.server.limits.send_timeout
-                await self._wait(True)
+                await self._wait_writable()
                 continue
             except OSError as exc:
                 raise ConnectionAborted(str(exc)) from exc
@@ -150,8 +162,7 @@ class Connection:
             try:
                 n = os.sendfile(out, fd, offset, count)
             except BlockingIOError:
-                self.deadline = self.loop.time() + self.server.limits.send_timeout
-                await self._wait(True)
+                await self._wait_writable()
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
@@ -163,6 +174,29 @@ class Connection:
             count -= n
             self.bytes_out += n
             self.server.bytes_sent += n
+
+    async def _linger(self) -> None:
+        """Close after an error without losing the response (RFC 9112 §9.6).
+
+        Closing a socket with unread data in its receive buffer makes the kernel send RST,
+        which can destroy the response before the client reads it. So: half-close, then read
+        and discard what the client still sends, for a short while.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        self.deadline = self.loop.time() + _LINGER_TIME
+        while True:  # bounded by the deadline, like nginx's lingering_time
+            try:
+                data = self.sock.recv(_RECV)
+            except BlockingIOError:
+                await self._wait(False)
+                continue
+            except OSError:
+                return
+            if not data:
+                return
 
     def abort(self) -> None:
         """Drop the connection without finishing the response (RFC 9112 §9.6 style)."""
@@ -184,11 +218,13 @@ class Connection:
                 except HTTPError as exc:
                     server.bad_requests[exc.reason] = server.bad_requests.get(exc.reason, 0) + 1
                     await self.send(simple_response(exc.status, str(exc), close=True))
+                    await self._linger()
                     break
                 if req is None:
                     break
                 self.requests += 1
                 self.busy = True
+                self.deadline = _NEVER
                 try:
                     keep = await server.handler(self, req)
                 finally:

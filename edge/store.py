@@ -120,6 +120,7 @@ class Disk:
         self.errors = 0
         self.failed = False
         self.reserved = 0  # bytes promised to fills in progress
+        self.pins_dirty = False
 
     def file_path(self, key: int) -> str:
         h = f"{key:016x}"
@@ -481,31 +482,43 @@ class SliceStore:
             return False
         return st.f_bavail * st.f_frsize - need >= self.reserve
 
-    def commit(self, w: SliceWriter) -> bool:
-        """Make a fully written slice visible. Blocking (fsync): run it in a thread.
+    @staticmethod
+    def finish(w: SliceWriter) -> OSError | None:
+        """fsync and rename a fully written slice. Blocking: run it in a thread.
 
-        The writer's descriptor stays open for readers of the fill in progress;
-        whoever owns the writer closes it with ``w.close()``.
+        It touches no shared state (the loop thread owns the index); ``publish``
+        then makes the result visible. The writer's descriptor stays open for
+        readers of the fill in progress; its owner closes it with ``w.close()``.
         """
-        disk = w.disk
-        need = w.body_offset + w.length
-        disk.reserved -= need
         try:
             if w.written != w.length:
                 raise OSError(5, f"short slice: {w.written} of {w.length} bytes")
             os.fsync(w.fd)
             os.rename(w.tmp, w.final)
         except OSError as exc:
-            self._disk_error(disk, exc)
             w.discard()
+            return exc
+        return None
+
+    def publish(self, w: SliceWriter, error: OSError | None) -> bool:
+        """On the loop thread, after ``finish``: index the slice, or count the failure."""
+        disk = w.disk
+        need = w.body_offset + w.length
+        disk.reserved -= need
+        if error is not None:
+            self._disk_error(disk, error)
             return False
         old = self._open.pop(w.key, None)
         if old is not None:
             self._drop(old)
         disk.index.insert(w.key, need, pinned=w.pinned)
         if w.pinned:
-            disk.save_pins()
+            disk.pins_dirty = True
         return True
+
+    def commit(self, w: SliceWriter) -> bool:
+        """``finish`` and ``publish`` in one call, for callers without an event loop."""
+        return self.publish(w, self.finish(w))
 
     def abort(self, w: SliceWriter) -> None:
         w.disk.reserved -= w.body_offset + w.length
@@ -518,10 +531,24 @@ class SliceStore:
         disk = self.disk_for(key)
         ok = disk.index.pin(key) if pinned else disk.index.unpin(key)
         if ok:
-            disk.save_pins()
+            disk.pins_dirty = True
         return ok
 
+    def flush_pins(self) -> None:
+        """Persist pin changes (batched: rewriting the file per change would be quadratic).
+
+        Pins lost to a crash before a flush come back with the next fill manifest.
+        """
+        for disk in self.disks:
+            if disk.pins_dirty and not disk.failed:
+                disk.pins_dirty = False
+                try:
+                    disk.save_pins()
+                except OSError as exc:
+                    self._disk_error(disk, exc)
+
     def close(self) -> None:
+        self.flush_pins()
         for h in self._open.values():
             self._drop(h)
         self._open.clear()
