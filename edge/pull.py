@@ -151,6 +151,45 @@ class Puller:
         fill.task = asyncio.get_running_loop().create_task(self._run(fill))
         return fill
 
+    async def prefetch(self, path: str, *, pinned: bool = False) -> tuple[ObjectMeta, int]:
+        """Proactive insert: cache every slice of ``path``, optionally pinned.
+
+        The nightly fill's entry point; it shares coalescing, validation and the
+        store's insert path with player misses. Returns the object's metadata and
+        how many slices had to be fetched (0 when all were cached already).
+        """
+        store = self.store
+        meta: ObjectMeta | None = None
+        fetched = 0
+        index = 0
+        count = 1
+        while index < count:
+            h = store.open_slice(path, index)
+            if h is not None and meta is not None and h.meta.etag != meta.etag:
+                store.purge(path)  # a stale slice of an older version
+                h = None
+            if h is not None:
+                meta = meta or h.meta
+            else:
+                fill = self.get(path, index, expect_etag=meta.etag if meta else None, pinned=pinned)
+                fill.readers += 1
+                try:
+                    while not fill.done:
+                        await fill.wait()
+                finally:
+                    fill.release()
+                if fill.error is not None:
+                    raise fill.error
+                meta = meta or fill.meta
+                fetched += 1
+            assert meta is not None
+            if pinned:
+                store.set_pinned(path, index, True)
+            count = max(1, -(-meta.size // store.slice_size))
+            index += 1
+        assert meta is not None
+        return meta, fetched
+
     async def _run(self, fill: Fill) -> None:
         try:
             await self._download(fill)

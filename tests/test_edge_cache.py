@@ -203,3 +203,29 @@ async def test_keep_alive_connection_serves_many_requests(edges, origin_dir: Pat
             async with s.get(edge.url + "/v/t/a.m4s") as r:
                 assert await r.read() == data
     assert edge.counter("edge_connections_total") == 1
+
+
+async def test_proactive_prefetch_caches_and_pins_every_slice(
+    edges, origin: FakeOrigin, tmp_path, client
+):
+    slice_size = 64 * 1024
+    data = origin.files["/v/t/r.mp4"] = blob(5 * slice_size + 7, seed=40)
+    for i in range(6):
+        origin.files[f"/v/t/o{i}.m4s"] = blob(100_000, seed=50 + i)
+    edge = await edges(
+        edge_config(tmp_path, [origin.url], slice_size=slice_size, cache_size=600_000)
+    )
+    puller = edge.edge.puller
+    assert puller is not None
+    meta, fetched = await puller.prefetch("/v/t/r.mp4", pinned=True)
+    assert (meta.size, fetched) == (len(data), 6)
+    assert origin.fetches() == 6
+    # Again: nothing to fetch.
+    assert (await puller.prefetch("/v/t/r.mp4", pinned=True))[1] == 0
+    # Pinned slices survive a stream of reactive fills that overflows the cache.
+    for i in range(6):
+        await edge.get(client, f"/v/t/o{i}.m4s")
+    assert edge.counter("edge_evictions_total") > 0
+    status, headers, body = await edge.get(client, "/v/t/r.mp4")
+    assert (status, headers["X-Cache"], body) == (200, "HIT", data)
+    assert origin.fetches("/v/t/r.mp4") == 6
