@@ -6,6 +6,11 @@ Range is honoured; one range answers 206 with Content-Range, several answer
 206 multipart/byteranges (§14.6), none satisfiable answers 416 with
 ``Content-Range: bytes */len`` (§15.5.17).
 
+The handler is called synchronously from the server's ``data_received``. A
+request whose slices are all cached is answered there and then (the hit
+path); anything that must wait (a miss, or a client whose socket is full)
+returns a coroutine that the server runs as the connection's task.
+
 Once the response head is on the wire the status can no longer change, so any
 later failure (upstream broke, object changed, disk error) aborts the
 connection: the client sees a truncated response, never a wrong body.
@@ -15,19 +20,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .conditionals import evaluate_preconditions, format_http_date, if_range_allows
-from .errors import (
-    REASONS,
-    EdgeError,
-    HTTPError,
-    NotFound,
-    RangeNotSatisfiable,
-    UpstreamError,
-)
+from .errors import REASONS, EdgeError, NotFound, RangeNotSatisfiable, UpstreamError
 from .http1 import Request
 from .metrics import EdgeStats
 from .pull import Fill, Puller
@@ -58,6 +56,20 @@ CORS = (
     "Access-Control-Allow-Origin: *\r\n"
     "Access-Control-Expose-Headers: Content-Length, Content-Range, ETag, Accept-Ranges, X-Cache\r\n"
 )
+PREFLIGHT = (
+    "Allow: GET, HEAD, OPTIONS\r\n"
+    "Access-Control-Allow-Origin: *\r\n"
+    "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
+    "Access-Control-Allow-Headers: Range, If-Range, If-None-Match, If-Modified-Since, "
+    "If-Match, If-Unmodified-Since\r\n"
+    "Access-Control-Max-Age: 86400\r\n"
+)
+_KEEP = "Connection: keep-alive\r\n\r\n"
+_CLOSE = "Connection: close\r\n\r\n"
+
+Answer = bool | Coroutine[Any, Any, bool]
+# A response body as a list of pieces: bytes, or (slice handle, offset in its body, count).
+Segment = bytes | tuple[SliceHandle, int, int]
 
 
 @lru_cache(maxsize=8192)
@@ -70,6 +82,20 @@ class ObjectChanged(EdgeError):
 
     status = 502
     reason = "changed"
+
+
+class Plan:
+    """A response decided from the object's metadata: head, then byte ranges of the object."""
+
+    __slots__ = ("closing", "head", "parts", "status")
+
+    def __init__(
+        self, status: int, head: bytes, parts: list[tuple[bytes, ByteRange]], closing: bytes
+    ) -> None:
+        self.status = status
+        self.head = head
+        self.parts = parts
+        self.closing = closing
 
 
 class EdgeHandler:
@@ -97,73 +123,70 @@ class EdgeHandler:
         self.draining = False
         self.server: Server | None = None
 
-    # -- entry point -------------------------------------------------------------
+    # -- bookkeeping ---------------------------------------------------------------
 
-    async def __call__(self, conn: Connection, req: Request) -> bool:
-        t0 = time.perf_counter()
-        status = 500
-        sent = 0
-        cache = "-"
-        keep = req.keep_alive and not self.draining
-        try:
-            status, sent, cache, keep = await self._handle(conn, req, t0, keep)
-        except ConnectionAborted:
-            self.stats.client_aborts += 1
-            status, keep = 499, False
-            raise
-        except (EdgeError, OSError) as exc:
-            # Only reached after the head was sent: abort rather than send a wrong body.
-            self.stats.client_aborts += 1
-            log.warning(
-                "event=response_aborted path=%s error=%r",
+    def _done(
+        self, conn: Connection, req: Request, t0: float, status: int, cache: str, sent: int
+    ) -> None:
+        self.stats.count_status(status)
+        if self.access_log:
+            access.info(
+                "event=request method=%s path=%s status=%d bytes=%d cache=%s ms=%.2f peer=%s",
+                req.method,
                 split_token(req.path)[1],  # never log the token
-                f"{type(exc).__name__}: {exc}",
+                status,
+                sent,
+                cache,
+                (time.perf_counter() - t0) * 1000,
+                conn.peer,
             )
-            status, keep = 499, False
-            conn.abort()
-            raise ConnectionAborted(str(exc)) from exc
-        finally:
-            self.stats.count_status(status)
-            if self.access_log:
-                access.info(
-                    "event=request method=%s path=%s status=%d bytes=%d cache=%s ms=%.2f peer=%s",
-                    req.method,
-                    split_token(req.path)[1],
-                    status,
-                    sent,
-                    cache,
-                    (time.perf_counter() - t0) * 1000,
-                    conn.peer,
-                )
-        return keep
 
-    async def _reply(
+    def _simple(
         self,
         conn: Connection,
+        req: Request,
+        t0: float,
         status: int,
         message: str,
         keep: bool,
         extra: str = "",
-        head_only: bool = False,
-    ) -> tuple[int, int, str, bool]:
-        await conn.send(
-            simple_response(status, message, close=not keep, extra=extra, head_only=head_only)
+    ) -> bool:
+        conn.write(
+            simple_response(
+                status, message, close=not keep, extra=extra, head_only=req.method == "HEAD"
+            )
         )
-        return status, 0, "-", keep
+        self._done(conn, req, t0, status, "-", 0)
+        return keep
 
-    async def _handle(
-        self, conn: Connection, req: Request, t0: float, keep: bool
-    ) -> tuple[int, int, str, bool]:
+    # -- entry point: synchronous ----------------------------------------------------
+
+    def __call__(self, conn: Connection, req: Request) -> Answer:
+        t0 = time.perf_counter()
+        keep = req.keep_alive and not self.draining
         method = req.method
-        head_only = method == "HEAD"
-        if method != "GET" and not head_only:
+        if method != "GET" and method != "HEAD":
             if method == "OPTIONS":
-                return await self._preflight(conn, keep)
-            if method in KNOWN_METHODS:
-                return await self._reply(
-                    conn, 405, f"{method} not allowed", keep, "Allow: GET, HEAD, OPTIONS\r\n"
+                # CORS preflight for players on another origin that send Range or conditionals.
+                conn.write(
+                    (
+                        f"HTTP/1.1 204 No Content\r\nDate: {http_date_now()}\r\n"
+                        f"Server: opencdn-edge\r\n{PREFLIGHT}{_KEEP if keep else _CLOSE}"
+                    ).encode()
                 )
-            return await self._reply(conn, 501, f"unknown method {method}", keep)
+                self._done(conn, req, t0, 204, "-", 0)
+                return keep
+            if method in KNOWN_METHODS:
+                return self._simple(
+                    conn,
+                    req,
+                    t0,
+                    405,
+                    f"{method} not allowed",
+                    keep,
+                    "Allow: GET, HEAD, OPTIONS\r\n",
+                )
+            return self._simple(conn, req, t0, 501, f"unknown method {method}", keep)
 
         path = req.path
         special = self.special.get(path)
@@ -172,186 +195,298 @@ class EdgeHandler:
             head = (
                 f"HTTP/1.1 {code} {REASONS.get(code, 'OK')}\r\nDate: {http_date_now()}\r\n"
                 f"Server: opencdn-edge\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                f"Cache-Control: no-store\r\n{'Connection: keep-alive' if keep else 'Connection: close'}\r\n\r\n"
+                f"Cache-Control: no-store\r\n{_KEEP if keep else _CLOSE}"
             ).encode()
-            await conn.send(head if head_only else head + body)
-            return code, 0 if head_only else len(body), "-", keep
+            conn.write(head if method == "HEAD" else head + body)
+            self._done(conn, req, t0, code, "-", 0 if method == "HEAD" else len(body))
+            return keep
 
         # Admission control: refuse at once so players fail over to another edge.
         server = self.server
         if self.draining or (server is not None and server.over_egress()):
             reason = "draining" if self.draining else "egress"
             self.stats.overload[reason] = self.stats.overload.get(reason, 0) + 1
-            return await self._reply(
-                conn, 503, reason, False, f"Retry-After: {self.retry_after}\r\n", head_only
+            return self._simple(
+                conn, req, t0, 503, reason, False, f"Retry-After: {self.retry_after}\r\n"
             )
 
         token, path = split_token(path)
         if not path.startswith(self.public):
+            rejected = None
             if self.verifier is None:
-                self.stats.token_rejections["missing"] = (
-                    self.stats.token_rejections.get("missing", 0) + 1
-                )
-                return await self._reply(conn, 403, "forbidden: missing", keep, head_only=head_only)
-            try:
-                self.verifier.check(token, path, conn.peer)
-            except TokenRejected as exc:
-                r = exc.reason
-                self.stats.token_rejections[r] = self.stats.token_rejections.get(r, 0) + 1
-                return await self._reply(conn, 403, f"forbidden: {r}", keep, head_only=head_only)
+                rejected = "missing"
+            else:
+                try:
+                    self.verifier.check(token, path, conn.peer)
+                except TokenRejected as exc:
+                    rejected = exc.reason
+            if rejected is not None:
+                tr = self.stats.token_rejections
+                tr[rejected] = tr.get(rejected, 0) + 1
+                return self._simple(conn, req, t0, 403, f"forbidden: {rejected}", keep)
 
-        headers = req.headers
-        range_value = headers.get("range")
-        try:
-            meta, hit, pending = await self._locate(path, range_value)
-        except NotFound:
-            return await self._reply(conn, 404, "not found", keep, head_only=head_only)
-        except RangeNotSatisfiable as exc:
-            return await self._reply(
-                conn,
-                416,
-                "range not satisfiable",
-                keep,
-                f"Content-Range: {unsatisfied_range(exc.size)}\r\n",
-                head_only,
-            )
-        except UpstreamError as exc:
-            return await self._reply(
-                conn, 502, f"upstream: {exc.reason}", keep, head_only=head_only
-            )
-        try:
-            return await self._respond(conn, req, t0, keep, path, meta, hit, pending)
-        finally:
-            if pending is not None:
-                pending.release()
+        # The hit path: the slice holding the first requested byte is cached.
+        range_value = req.headers.get("range")
+        h = self.store.open_slice(path, self._first_slice(range_value))
+        if h is None:
+            return self._miss(conn, req, t0, keep, path)
+        meta = h.meta
+        plan = self._plan(conn, req, t0, keep, meta, True)
+        if plan is None:
+            return keep
+        if req.method == "HEAD":
+            conn.write(plan.head)
+            self.stats.ttfb["hit"].observe(time.perf_counter() - t0)
+            self._done(conn, req, t0, plan.status, "hit", 0)
+            return keep
+        segments = self._cached_segments(path, meta, plan)
+        if segments is None:
+            # Some slice is missing (or stale): the slow path fills it.
+            return self._miss(conn, req, t0, keep, path)
+        conn.write(plan.head)
+        self.stats.ttfb["hit"].observe(time.perf_counter() - t0)
+        sent = 0
+        stats = self.stats
+        for i, seg in enumerate(segments):
+            if type(seg) is bytes:
+                conn.write(seg)
+                continue
+            h, off, n = seg  # type: ignore[misc]
+            done = conn.sendfile_now(h.fd, h.body_offset + off, n)
+            stats.bytes_hit += done
+            stats.lookups_hit += 1
+            sent += done
+            if done < n:
+                # The client's socket is full: finish in a task.
+                rest: list[Segment] = [(h, off + done, n - done), *segments[i + 1 :]]
+                return self._finish_hit(conn, req, t0, keep, plan.status, rest, sent)
+        self._done(conn, req, t0, plan.status, "hit", sent)
+        return keep
 
-    async def _respond(
+    @staticmethod
+    def _first_slice_of(range_value: str | None, slice_size: int) -> int:
+        # The slice holding the first requested byte, so a seek into a large object
+        # does not need slice 0; malformed values just mean slice 0.
+        if range_value is not None and range_value.startswith("bytes="):
+            first = range_value[6:].split("-", 1)[0].strip()
+            if first.isdigit() and len(first) < 19:
+                return int(first) // slice_size
+        return 0
+
+    def _first_slice(self, range_value: str | None) -> int:
+        return self._first_slice_of(range_value, self.slice_size)
+
+    # -- deciding the response from metadata ------------------------------------------
+
+    def _plan(
         self,
         conn: Connection,
         req: Request,
         t0: float,
         keep: bool,
-        path: str,
         meta: ObjectMeta,
         hit: bool,
-        pending: Fill | None,
-    ) -> tuple[int, int, str, bool]:
-        method = req.method
-        head_only = method == "HEAD"
+    ) -> Plan | None:
+        """The response head and ranges; None when a complete short answer was written."""
         headers = req.headers
-        range_value = headers.get("range")
         cache = "hit" if hit else "miss"
-
-        pre = evaluate_preconditions(method, headers, meta.etag, meta.last_modified)
+        pre = evaluate_preconditions(req.method, headers, meta.etag, meta.last_modified)
         if pre == 304:
             # RFC 9110 §15.4.5: the validators a 200 would carry, no body.
-            head = (
-                f"HTTP/1.1 304 Not Modified\r\nDate: {http_date_now()}\r\nServer: opencdn-edge\r\n"
-                f"ETag: {meta.etag}\r\nLast-Modified: {_http_date(meta.last_modified)}\r\n"
-                f"{CORS}{'Connection: keep-alive' if keep else 'Connection: close'}\r\n\r\n"
-            ).encode()
-            await conn.send(head)
-            return 304, 0, cache, keep
+            conn.write(
+                (
+                    f"HTTP/1.1 304 Not Modified\r\nDate: {http_date_now()}\r\n"
+                    f"Server: opencdn-edge\r\nETag: {meta.etag}\r\n"
+                    f"Last-Modified: {_http_date(meta.last_modified)}\r\n"
+                    f"{CORS}{_KEEP if keep else _CLOSE}"
+                ).encode()
+            )
+            self._done(conn, req, t0, 304, cache, 0)
+            return None
         if pre == 412:
-            return await self._reply(conn, 412, "precondition failed", keep, head_only=head_only)
+            self._simple(conn, req, t0, 412, "precondition failed", keep)
+            return None
 
         size = meta.size
         ranges = None
+        range_value = headers.get("range")
         if range_value is not None:
             if_range = headers.get("if-range")
             if if_range is None or if_range_allows(if_range, meta.etag, meta.last_modified):
                 ranges = _parse_range(range_value, size, self.max_ranges)
         if ranges is UNSATISFIABLE:
-            return await self._reply(
+            self._simple(
                 conn,
+                req,
+                t0,
                 416,
                 "range not satisfiable",
                 keep,
                 f"Content-Range: {unsatisfied_range(size)}\r\n",
-                head_only,
             )
+            return None
 
         common = (
             f"Date: {http_date_now()}\r\nServer: opencdn-edge\r\nAccept-Ranges: bytes\r\n"
             f"ETag: {meta.etag}\r\nLast-Modified: {_http_date(meta.last_modified)}\r\n"
-            f"X-Cache: {'HIT' if hit else 'MISS'}\r\n{CORS}"
-            f"{'Connection: keep-alive' if keep else 'Connection: close'}\r\n\r\n"
+            f"X-Cache: {'HIT' if hit else 'MISS'}\r\n{CORS}{_KEEP if keep else _CLOSE}"
         )
         if not ranges:
             head = (
                 f"HTTP/1.1 200 OK\r\nContent-Type: {meta.content_type}\r\n"
                 f"Content-Length: {size}\r\n{common}"
             ).encode()
-            parts: list[tuple[bytes, ByteRange]] = [(b"", ByteRange(0, size - 1))] if size else []
-            closing = b""
-            status = 200
-        elif len(ranges) == 1:
+            full = [(b"", ByteRange(0, size - 1))] if size else []
+            return Plan(200, head, full, b"")
+        if len(ranges) == 1:
             r = ranges[0]
             head = (
                 f"HTTP/1.1 206 Partial Content\r\nContent-Type: {meta.content_type}\r\n"
-                f"Content-Range: {content_range(r, size)}\r\nContent-Length: {r.length}\r\n{common}"
+                f"Content-Range: {content_range(r, size)}\r\nContent-Length: {r.length}\r\n"
+                f"{common}"
             ).encode()
-            parts = [(b"", r)]
-            closing = b""
-            status = 206
-        else:
-            boundary = make_boundary()
-            parts, closing, total = multipart_layout(ranges, size, meta.content_type, boundary)
-            head = (
-                "HTTP/1.1 206 Partial Content\r\n"
-                f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
-                f"Content-Length: {total}\r\n{common}"
-            ).encode()
-            status = 206
-
-        if head_only:
-            await conn.send(head)
-            self.stats.ttfb[cache].observe(time.perf_counter() - t0)
-            return status, 0, cache, keep
-        # MSG_MORE lets the head share a packet with the body, but only a hit's body is ready
-        # at once; on a miss the kernel would hold the head back while the upstream answers.
-        await conn.send(head, more=hit and bool(parts))
-        self.stats.ttfb[cache].observe(time.perf_counter() - t0)
-        before = conn.bytes_out
-        for part_head, r in parts:
-            if part_head:
-                await conn.send(part_head, more=hit)
-            await self._send_range(conn, path, meta, r.start, r.end, pending)
-        if closing:
-            await conn.send(closing)
-        return status, conn.bytes_out - before, cache, keep
-
-    async def _preflight(self, conn: Connection, keep: bool) -> tuple[int, int, str, bool]:
-        # CORS preflight for players on another origin that send Range or conditionals.
+            return Plan(206, head, [(b"", r)], b"")
+        boundary = make_boundary()
+        parts, closing, total = multipart_layout(ranges, size, meta.content_type, boundary)
         head = (
-            f"HTTP/1.1 204 No Content\r\nDate: {http_date_now()}\r\nServer: opencdn-edge\r\n"
-            "Allow: GET, HEAD, OPTIONS\r\n"
-            "Access-Control-Allow-Origin: *\r\n"
-            "Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
-            "Access-Control-Allow-Headers: Range, If-Range, If-None-Match, If-Modified-Since, "
-            "If-Match, If-Unmodified-Since\r\n"
-            "Access-Control-Max-Age: 86400\r\n"
-            f"{'Connection: keep-alive' if keep else 'Connection: close'}\r\n\r\n"
+            "HTTP/1.1 206 Partial Content\r\n"
+            f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
+            f"Content-Length: {total}\r\n{common}"
         ).encode()
-        await conn.send(head)
-        return 204, 0, "-", keep
+        return Plan(206, head, parts, closing)
 
-    # -- finding the object ---------------------------------------------------------
+    def _cached_segments(self, path: str, meta: ObjectMeta, plan: Plan) -> list[Segment] | None:
+        """The body as cached pieces, or None if any slice is missing or stale."""
+        out: list[Segment] = []
+        size = self.slice_size
+        open_slice = self.store.open_slice
+        for part_head, r in plan.parts:
+            if part_head:
+                out.append(part_head)
+            pos, end = r.start, r.end
+            while pos <= end:
+                idx = pos // size
+                base = idx * size
+                n = min(end + 1, base + size) - pos
+                h = open_slice(path, idx)
+                if h is None or h.meta.etag != meta.etag or pos - base + n > h.length:
+                    return None
+                out.append((h, pos - base, n))
+                pos += n
+        if plan.closing:
+            out.append(plan.closing)
+        return out
+
+    # -- finishing in a task ---------------------------------------------------------
+
+    async def _finish_hit(
+        self,
+        conn: Connection,
+        req: Request,
+        t0: float,
+        keep: bool,
+        status: int,
+        rest: list[Segment],
+        sent: int,
+    ) -> bool:
+        store = self.store
+        handles = [seg[0] for seg in rest if type(seg) is not bytes]
+        for h in handles:
+            store.acquire(h)  # neither evicted nor closed while we wait for the client
+        try:
+            for seg in rest:
+                if type(seg) is bytes:
+                    await conn.send(seg)
+                    continue
+                h, off, n = seg  # type: ignore[misc]
+                await conn.sendfile(h.fd, h.body_offset + off, n)
+                self.stats.bytes_hit += n
+                sent += n
+            await conn.drain()
+        except ConnectionAborted:
+            self.stats.client_aborts += 1
+            self._done(conn, req, t0, 499, "hit", sent)
+            raise
+        finally:
+            for h in handles:
+                store.release(h)
+        self._done(conn, req, t0, status, "hit", sent)
+        return keep
+
+    def _miss(self, conn: Connection, req: Request, t0: float, keep: bool, path: str) -> Answer:
+        return self._slow(conn, req, t0, keep, path)
+
+    async def _slow(self, conn: Connection, req: Request, t0: float, keep: bool, path: str) -> bool:
+        try:
+            meta, hit, pending = await self._locate(path, req.headers.get("range"))
+        except NotFound:
+            return self._simple(conn, req, t0, 404, "not found", keep)
+        except RangeNotSatisfiable as exc:
+            return self._simple(
+                conn,
+                req,
+                t0,
+                416,
+                "range not satisfiable",
+                keep,
+                f"Content-Range: {unsatisfied_range(exc.size)}\r\n",
+            )
+        except UpstreamError as exc:
+            return self._simple(conn, req, t0, 502, f"upstream: {exc.reason}", keep)
+        cache = "hit" if hit else "miss"
+        status = 499
+        before = conn.bytes_out
+        try:
+            plan = self._plan(conn, req, t0, keep, meta, hit)
+            if plan is None:
+                await conn.drain()
+                return keep
+            status = plan.status
+            if req.method == "HEAD":
+                await conn.send(plan.head)
+                self.stats.ttfb[cache].observe(time.perf_counter() - t0)
+                self._done(conn, req, t0, status, cache, 0)
+                return keep
+            conn.write(plan.head)
+            self.stats.ttfb[cache].observe(time.perf_counter() - t0)
+            body_start = conn.bytes_out
+            for part_head, r in plan.parts:
+                if part_head:
+                    conn.write(part_head)
+                await self._send_range(conn, path, meta, r.start, r.end, pending)
+            if plan.closing:
+                conn.write(plan.closing)
+            await conn.drain()
+            self._done(conn, req, t0, status, cache, conn.bytes_out - body_start)
+            return keep
+        except ConnectionAborted:
+            self.stats.client_aborts += 1
+            self._done(conn, req, t0, 499, cache, conn.bytes_out - before)
+            raise
+        except (EdgeError, OSError) as exc:
+            # Only reached after the head was sent: abort rather than send a wrong body.
+            self.stats.client_aborts += 1
+            log.warning(
+                "event=response_aborted path=%s error=%r",
+                path,  # without the token
+                f"{type(exc).__name__}: {exc}",
+            )
+            self._done(conn, req, t0, 499, cache, conn.bytes_out - before)
+            raise ConnectionAborted(str(exc)) from exc
+        finally:
+            if pending is not None:
+                pending.release()
+
+    # -- finding the object -------------------------------------------------------------
 
     async def _locate(
         self, path: str, range_value: str | None
     ) -> tuple[ObjectMeta, bool, Fill | None]:
         """The object's metadata, from the cache if any slice we need is there.
 
-        The slice to look at first is the one holding the first requested byte
-        (so a seek into a large object does not fetch slice 0); unknown sizes
-        are learned from the first fill's upstream answer.
+        Unknown sizes are learned from the first fill's upstream answer.
         """
-        idx = 0
-        if range_value is not None and range_value.startswith("bytes="):
-            first = range_value[6:].split("-", 1)[0].strip()
-            if first.isdigit() and len(first) < 19:
-                idx = int(first) // self.slice_size
+        idx = self._first_slice(range_value)
         h = self.store.open_slice(path, idx)
         if h is not None:
             return h.meta, True, None
@@ -382,7 +517,7 @@ class EdgeHandler:
             fill.release()
             raise
 
-    # -- sending bodies -----------------------------------------------------------
+    # -- sending bodies ------------------------------------------------------------------
 
     async def _send_range(
         self,
@@ -409,7 +544,7 @@ class EdgeHandler:
             if h is not None:
                 stats.lookups_hit += 1
                 if h.meta.etag != meta.etag:
-                    self._changed(path, meta)
+                    self._changed(path)
                 await self._from_handle(conn, h, pos - base, n)
                 stats.bytes_hit += n
             else:
@@ -422,7 +557,7 @@ class EdgeHandler:
                 stats.bytes_miss += n
             pos += n
 
-    def _changed(self, path: str, meta: ObjectMeta) -> None:
+    def _changed(self, path: str) -> None:
         n = self.store.purge(path)
         log.warning("event=object_changed path=%s purged_slices=%d", path, n)
         raise ObjectChanged(f"{path} changed upstream")
@@ -449,16 +584,10 @@ class EdgeHandler:
                     await fill.wait()
                 m = min(fill.avail - rel, n)
                 if fill.mem is not None:
-                    await conn.send(bytes(fill.mem[rel : rel + m]), more=m < n)
+                    await conn.send(bytes(fill.mem[rel : rel + m]))
                 else:
                     await conn.sendfile(fill.fd, fill.body_offset + rel, m)
                 rel += m
                 n -= m
         finally:
             fill.release()
-
-
-def http_status_of(exc: BaseException) -> int:
-    if isinstance(exc, HTTPError):
-        return exc.status
-    return 500

@@ -500,7 +500,7 @@ async def test_sigterm_lets_the_request_in_flight_finish(
                 while True:
                     try:
                         _, w = await asyncio.open_connection("127.0.0.1", port)
-                    except ConnectionRefusedError:
+                    except (ConnectionRefusedError, ConnectionResetError):  # closed listener
                         break
                     w.close()
                     await w.wait_closed()
