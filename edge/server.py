@@ -474,9 +474,6 @@ class Server:
         cap = self.limits.max_egress
         return cap is not None and self.egress_rate > cap
 
-    def stats(self) -> dict[str, Any]:
-        return {"open": len(self.conns), "total": self.connections_total}
-
     async def stop(self, drain_timeout: float) -> None:
         """Stop accepting, let in-flight requests finish, then close what is left."""
         self.closing = True

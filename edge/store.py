@@ -24,7 +24,7 @@ import secrets
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class SliceHandle:
     path: str
     index: int
     meta: ObjectMeta
+    disk: Disk
     refs: int = 0
     dropped: bool = False
 
@@ -103,10 +104,6 @@ def decode_header(raw: bytes) -> tuple[int, str, int, int, ObjectMeta]:
         checksum=d.get("checksum"),
     )
     return _PREFIX.size + n, str(d["path"]), int(d["index"]), int(d["length"]), meta
-
-
-class DiskError(OSError):
-    """A cache disk failed an operation; the caller serves from upstream instead."""
 
 
 class Disk:
@@ -268,7 +265,6 @@ class SliceStore:
         slice_size: int,
         max_open_files: int = 4096,
         reserve: int = 0,
-        on_evict: Callable[[int], None] | None = None,
     ) -> None:
         self.disks = [Disk(Path(p), cap) for p, cap in disks]
         if not self.disks:
@@ -279,7 +275,6 @@ class SliceStore:
         # Slices probed by purge when the object's size is unknown (128 GiB at 2 MiB slices).
         self.max_probe = 65536
         self._open: OrderedDict[int, SliceHandle] = OrderedDict()
-        self._on_evict = on_evict
         self.evictions = 0
         self.evicted_bytes = 0
         self.disk_errors = 0
@@ -351,7 +346,7 @@ class SliceStore:
         h = self._open.get(key)
         if h is not None:
             self._open.move_to_end(key)
-            self.disk_for(key).index.touch(key)
+            h.disk.index.touch(key)
             return h
         disk = self.disk_for(key)
         if key not in disk.index or disk.failed:
@@ -376,7 +371,7 @@ class SliceStore:
             log.warning("event=slice_corrupt key=%016x path=%s error=%r", key, path, str(exc))
             self._remove(disk, key)
             return None
-        h = SliceHandle(key, fd, body_offset, length, path, index, meta)
+        h = SliceHandle(key, fd, body_offset, length, path, index, meta, disk)
         self._cache_handle(h)
         disk.index.touch(key)
         return h
@@ -394,11 +389,11 @@ class SliceStore:
 
     def acquire(self, h: SliceHandle) -> None:
         h.refs += 1
-        self.disk_for(h.key).index.acquire(h.key)
+        h.disk.index.acquire(h.key)
 
     def release(self, h: SliceHandle) -> None:
         h.refs -= 1
-        self.disk_for(h.key).index.release(h.key)
+        h.disk.index.release(h.key)
         if h.refs == 0 and h.dropped:
             os.close(h.fd)
 
@@ -459,8 +454,6 @@ class SliceStore:
             _unlink(disk.file_path(vkey))
             self.evictions += 1
             self.evicted_bytes += vsize
-            if self._on_evict is not None:
-                self._on_evict(vsize)
         if not fits or not self._has_free_space(disk, need):
             return None
         try:
