@@ -192,7 +192,6 @@ class EdgeConfig:
     node_id: str = field(default_factory=_default_node_id)  # [A-Za-z0-9._-]{1,64}
     site: str = "default"  # same charset
     listen: Listen = DEFAULT_LISTEN  # data plane
-    workers: int = 1  # SO_REUSEPORT worker processes
     admin: AdminConfig = AdminConfig()
     upstreams: tuple[UpstreamConfig, ...] = ()  # tried in order; load_config requires one
     upstream_retries: int = 1  # extra attempts per upstream on connect errors / 5xx
@@ -221,7 +220,6 @@ _FLAG_FOR_KEY: Final[dict[str, str]] = {
     "node_id": "--node-id",
     "site": "--site",
     "listen": "--listen",
-    "workers": "--workers",
     "admin.listen": "--admin-listen",
     "upstreams": "--upstream",
     "upstreams[*].credential_file": "--upstream-credential-file",
@@ -607,7 +605,6 @@ def _build(ctx: _Context, raw: object) -> EdgeConfig:
         node_id=top.get("node_id", lambda k, v: _name(ctx, k, v), _default_node_id()),
         site=top.get("site", lambda k, v: _name(ctx, k, v), "default"),
         listen=top.get("listen", lambda k, v: _listen(ctx, k, v), DEFAULT_LISTEN),
-        workers=top.get("workers", lambda k, v: _integer(ctx, k, v, 1, 256), 1),
         admin=_build_admin(top.section("admin", AdminConfig)),
         upstreams=_build_upstreams(top),
         upstream_retries=top.get("upstream_retries", lambda k, v: _integer(ctx, k, v, 0, 10), 1),
@@ -989,7 +986,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--node-id", metavar="ID", help="this edge's id (default: host name)")
     add("--site", metavar="NAME", help="site this edge belongs to (default: default)")
-    add("--workers", metavar="N", help="worker processes sharing the port (default 1)")
 
 
 # argparse dest -> override key; the order is irrelevant (load_config sorts).
@@ -997,7 +993,6 @@ _DEST_TO_KEY: Final[dict[str, str]] = {
     "node_id": "node_id",
     "site": "site",
     "listen": "listen",
-    "workers": "workers",
     "admin_listen": "admin.listen",
     "upstream": "upstreams",
     "upstream_credential_file": "upstreams[*].credential_file",

@@ -294,12 +294,9 @@ class Puller:
             try:
                 error = await asyncio.shield(fut)
             except asyncio.CancelledError:
-                # Shutting down: the thread finishes anyway; publish its result when it does.
-                def late(f: asyncio.Future[OSError | None]) -> None:
-                    exc = f.exception() if not f.cancelled() else OSError("cancelled")
-                    store.publish(writer, exc if isinstance(exc, OSError) else f.result())
-
-                fut.add_done_callback(late)
+                # Shutting down: the thread runs on regardless, and the writer's descriptor
+                # must stay open until it is done. Wait for it, publish, then give up.
+                store.publish(writer, await fut)
                 raise
             ok = store.publish(writer, error)
             if not ok:

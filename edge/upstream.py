@@ -18,12 +18,12 @@ import hashlib
 import logging
 import mimetypes
 import os
+import stat
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import aiofiles
 import aiohttp
 import xxhash
 
@@ -260,42 +260,33 @@ class Upstreams:
         # Paths are normalised before they get here; this is the last line of defence.
         if not (full + "/").startswith(os.path.realpath(root) + "/"):
             raise NotFound(path)
+        loop = asyncio.get_running_loop()
         try:
-            f = await aiofiles.open(full, "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+            # stat only: no descriptor is held until the body is actually read, so a fill
+            # cancelled in between leaks nothing.
+            st = await loop.run_in_executor(None, os.stat, full)
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise NotFound(path) from exc
         except OSError as exc:
-            raise UpstreamError(f"open: {exc}", reason="io") from exc
-        try:
-            st = os.fstat(f.fileno())
-            if not _stat_is_file(st):
-                raise NotFound(path)
-            size = st.st_size
-            if start >= size and not (start == 0 and size == 0):
-                raise RangeNotSatisfiable(size)
-            lm = int(st.st_mtime)
-            etag = (
-                '"'
-                + hashlib.blake2s(
-                    f"{st.st_ino}-{size}-{st.st_mtime_ns}".encode(), digest_size=10
-                ).hexdigest()
-                + '"'
-            )
-            meta = ObjectMeta(size, etag, lm, guess_type(path), None)
-            length = 0 if size == 0 else min(end, size - 1) - start + 1
-            await f.seek(start)
-        except BaseException:
-            await f.close()
-            raise
-        return UpstreamResponse(
-            spec.url, meta, start, length, _file_body(f, length), length == size
+            raise UpstreamError(f"stat: {exc}", reason="io") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(path)
+        size = st.st_size
+        if start >= size and not (start == 0 and size == 0):
+            raise RangeNotSatisfiable(size)
+        lm = int(st.st_mtime)
+        etag = (
+            '"'
+            + hashlib.blake2s(
+                f"{st.st_ino}-{size}-{st.st_mtime_ns}".encode(), digest_size=10
+            ).hexdigest()
+            + '"'
         )
-
-
-def _stat_is_file(st: os.stat_result) -> bool:
-    import stat
-
-    return stat.S_ISREG(st.st_mode)
+        meta = ObjectMeta(size, etag, lm, guess_type(path), None)
+        length = 0 if size == 0 else min(end, size - 1) - start + 1
+        return UpstreamResponse(
+            spec.url, meta, start, length, _file_body(full, st, start, length), length == size
+        )
 
 
 async def _empty(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
@@ -327,12 +318,28 @@ async def _http_body(resp: aiohttp.ClientResponse, length: int) -> AsyncIterator
             resp.close()
 
 
-async def _file_body(f: object, length: int) -> AsyncIterator[bytes]:
-    got = 0
+async def _file_body(
+    full: str, expected: os.stat_result, start: int, length: int
+) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
     try:
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UpstreamError(f"open: {exc}", reason="io") from exc
+    try:
+        st = os.fstat(fd)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != (
+            expected.st_ino,
+            expected.st_size,
+            expected.st_mtime_ns,
+        ):
+            raise UpstreamMismatch(f"{full} changed while being read")
+        got = 0
         while got < length:
             try:
-                chunk = await f.read(min(READ_CHUNK, length - got))  # type: ignore[attr-defined]
+                chunk = await loop.run_in_executor(
+                    None, os.pread, fd, min(READ_CHUNK, length - got), start + got
+                )
             except OSError as exc:
                 raise UpstreamError(f"read: {exc}", reason="io") from exc
             if not chunk:
@@ -340,8 +347,9 @@ async def _file_body(f: object, length: int) -> AsyncIterator[bytes]:
             got += len(chunk)
             yield chunk
     finally:
-        # Shielded: a fill cancelled at shutdown must still release the file.
-        await asyncio.shield(f.close())  # type: ignore[attr-defined]
+        # Synchronous, so even a cancelled fill releases the file. A pread still running
+        # in its thread may then fail with EBADF; its result is discarded anyway.
+        os.close(fd)
 
 
 async def _close(body: AsyncIterator[bytes]) -> None:

@@ -73,7 +73,6 @@ def test_empty_file_means_all_defaults(in_tmp: Path) -> None:
     )
     assert cfg.site == "default"
     assert cfg.listen == Listen("0.0.0.0", 8080)
-    assert cfg.workers == 1
     assert cfg.admin == AdminConfig(listen=Listen("127.0.0.1", 9091), credential_file=None)
     assert cfg.upstream_retries == 1
     assert cfg.upstreams[0].connect_timeout == 2.0
@@ -158,10 +157,9 @@ def test_example_file_states_true_defaults(in_tmp: Path) -> None:
     assert cfg.limits == LimitsConfig()
     assert cfg.log == LogConfig()
     assert dataclasses.replace(cfg.cache, dirs=CacheConfig().dirs) == CacheConfig()
-    assert (cfg.site, cfg.listen, cfg.workers, cfg.upstream_retries) == (
+    assert (cfg.site, cfg.listen, cfg.upstream_retries) == (
         "default",
         Listen("0.0.0.0", 8080),
-        1,
         1,
     )
     assert cfg.upstreams[0].connect_timeout == 2.0
@@ -209,7 +207,7 @@ FILE_WITH_EVERYTHING = """\
 node_id: file-node
 site: file-site
 listen: "127.0.0.1:8000"
-workers: 2
+upstream_retries: 2
 admin:
   listen: "127.0.0.1:9000"
 upstreams:
@@ -260,15 +258,12 @@ def test_flags_override_file(in_tmp: Path) -> None:
             "flag-node",
             "--site",
             "flag-site",
-            "--workers",
-            "8",
         ]
     )
     cfg = config_from_args(args)
     assert cfg.node_id == "flag-node"
     assert cfg.site == "flag-site"
     assert cfg.listen == Listen("", 8443)
-    assert cfg.workers == 8
     assert cfg.admin.listen is None
     assert cfg.upstreams == (
         UpstreamConfig("https://a.test", in_tmp / "fill.token"),
@@ -283,6 +278,7 @@ def test_flags_override_file(in_tmp: Path) -> None:
     # Settings no flag touched keep the file's values.
     assert cfg.signing.key_file == in_tmp / "signing.keys"
     assert cfg.limits.max_connections == 500
+    assert cfg.upstream_retries == 2
 
 
 def test_no_flags_means_file_values(in_tmp: Path) -> None:
@@ -345,8 +341,6 @@ def test_edge_from_flags_alone(in_tmp: Path) -> None:
     [
         (["--cache-size", "lots"], "--cache-size", 'expected a size like "500GiB", got "lots"'),
         (["--slice-size", "1KiB"], "--slice-size", "must be from 64.0 KiB to 256.0 MiB"),
-        (["--workers", "0"], "--workers", "expected an integer from 1 to 256, got 0"),
-        (["--workers", "many"], "--workers", 'got "many"'),
         (["--listen", "nope"], "--listen", "missing :port"),
         (["--admin-listen", "[::1]"], "--admin-listen", 'must be followed by ":port"'),
         (["-b", "ftp://o.test"], "--upstream", 'unsupported scheme "ftp"'),
@@ -376,10 +370,31 @@ def test_flags_alone_without_upstream_fails(in_tmp: Path) -> None:
     assert "--upstream" in str(info.value)
 
 
-def test_override_without_flag_names_the_key() -> None:
+@pytest.mark.parametrize(
+    ("key", "value", "start"),
+    [
+        (
+            "limits.max_egress",
+            "fast",
+            'override limits.max_egress: expected a rate like "10Gbit/s"',
+        ),
+        (
+            "limits.max_ranges",
+            "0",
+            "override limits.max_ranges: expected an integer from 1 to 1000, got 0",
+        ),
+        (
+            "upstream_retries",
+            "many",
+            'override upstream_retries: expected an integer from 0 to 10, got "many"',
+        ),
+    ],
+)
+def test_override_without_flag_names_the_key(key: str, value: str, start: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(None, {**REQUIRED, "limits.max_egress": "fast"})
-    assert str(info.value).startswith('override limits.max_egress: expected a rate like "10Gbit/s"')
+        load_config(None, {**REQUIRED, key: value})
+    assert str(info.value).startswith(start)
+    assert info.value.source == f"override {key}"
 
 
 def test_override_of_unknown_key_is_an_error() -> None:
@@ -394,13 +409,13 @@ def test_overrides_accept_strings_for_typed_settings() -> None:
         None,
         {
             **REQUIRED,
-            "workers": "4",
+            "upstream_retries": "4",
             "log.access_log": "false",
             "limits.max_egress": "10Gbit/s",
             "upstreams[0].read_timeout": "1m",
         },
     )
-    assert cfg.workers == 4
+    assert cfg.upstream_retries == 4
     assert cfg.log.access_log is False
     assert cfg.limits.max_egress == 1_250_000_000
     assert cfg.upstreams[0].read_timeout == 60.0
@@ -442,14 +457,14 @@ BAD_FILES = [
         id="unknown-key-no-suggestion",
     ),
     pytest.param(
-        UP + OPEN + "workers: four\n",
-        "workers",
-        'expected an integer from 1 to 256, got "four"',
+        UP + OPEN + "upstream_retries: four\n",
+        "upstream_retries",
+        'expected an integer from 0 to 10, got "four"',
         id="wrong-type-int",
     ),
     pytest.param(
-        UP + OPEN + 'workers: "4"\n',
-        "workers",
+        UP + OPEN + 'upstream_retries: "4"\n',
+        "upstream_retries",
         'got "4"',
         id="quoted-int",
     ),
@@ -713,10 +728,16 @@ BAD_FILES = [
         id="bad-node-id",
     ),
     pytest.param(
-        UP + OPEN + "workers: 1000\n",
+        UP + OPEN + "upstream_retries: 11\n",
+        "upstream_retries",
+        "expected an integer from 0 to 10, got 11",
+        id="too-many-upstream-retries",
+    ),
+    pytest.param(
+        UP + OPEN + "workers: 4\n",
         "workers",
-        "expected an integer from 1 to 256, got 1000",
-        id="too-many-workers",
+        "unknown key; known keys here: node_id, site, listen, admin, upstreams, upstream_retries",
+        id="removed-workers-key",
     ),
 ]
 
@@ -751,11 +772,11 @@ def test_yaml_syntax_error_names_file_and_line(in_tmp: Path, text: str, where: s
 
 
 def test_duplicate_key_is_an_error(in_tmp: Path) -> None:
-    path = write(in_tmp / "edge.yaml", UP + OPEN + "workers: 2\nworkers: 3\n")
+    path = write(in_tmp / "edge.yaml", UP + OPEN + "upstream_retries: 2\nupstream_retries: 3\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(f"{path}: line 6, column 1: ")
-    assert 'duplicate key "workers" (first at line 5)' in str(info.value)
+    assert 'duplicate key "upstream_retries" (first at line 5)' in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -784,7 +805,7 @@ def test_non_utf8_file(in_tmp: Path) -> None:
 
 
 def test_second_yaml_document_is_an_error(in_tmp: Path) -> None:
-    path = write(in_tmp / "edge.yaml", UP + OPEN + "---\nworkers: 2\n")
+    path = write(in_tmp / "edge.yaml", UP + OPEN + "---\nupstream_retries: 2\n")
     with pytest.raises(ConfigError, match="line 5, column 1: invalid YAML"):
         load_config(path)
 
@@ -872,7 +893,7 @@ def test_units_in_file(in_tmp: Path) -> None:
 def test_config_is_frozen() -> None:
     cfg = load_config(None, REQUIRED)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.workers = 2  # type: ignore[misc]
+        cfg.upstream_retries = 2  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.cache.slice_size = 1  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):

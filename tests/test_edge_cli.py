@@ -9,51 +9,27 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
-from edge.config import EdgeConfig
 from edge.tokens import load_keys
 
 from .conftest import (
     TEST_KEYS,
     FakeOrigin,
-    RunningEdge,
     blob,
     edge_config,
     free_port,
     put,
-    start_edge,
     subprocess_env,
 )
 
 TIMEOUT = 20.0  # seconds any single CLI invocation may take
 SLICE_NAME = re.compile(r"[0-9a-f]{16}")
-
-
-@pytest.fixture
-async def edges() -> AsyncIterator[Callable[[EdgeConfig], Awaitable[RunningEdge]]]:
-    """Like conftest's ``edges``, but lets running fills finish before each edge stops.
-
-    Stopping an edge cancels its fills; a fill cancelled while it closes its file:// source
-    leaks that file (see test_edge_ops.py::test_stopping_during_a_fill_closes_the_origin_file),
-    which would turn into a ResourceWarning in some later test.
-    """
-    started: list[RunningEdge] = []
-
-    async def make(config: EdgeConfig) -> RunningEdge:
-        started.append(await start_edge(config))
-        return started[-1]
-
-    yield make
-    for e in reversed(started):
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(e.settled(), 5.0)
-        await e.stop()
 
 
 def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

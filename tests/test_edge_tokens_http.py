@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import pytest
 
-from edge.config import EdgeConfig, LogConfig
+from edge.config import LogConfig
 from edge.tokens import REASONS, SigningKeys, generate_key_line, load_keys, sign, signed_path
 
 from .conftest import (
@@ -27,31 +24,9 @@ from .conftest import (
     edge_config,
     put,
     raw_request,
-    start_edge,
 )
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-async def edges() -> AsyncIterator[Callable[[EdgeConfig], Awaitable[RunningEdge]]]:
-    """Like conftest's ``edges``, but lets running fills finish before each edge stops.
-
-    Stopping an edge cancels its fills; a fill cancelled while it closes its file:// source
-    leaks that file (see test_edge_ops.py::test_stopping_during_a_fill_closes_the_origin_file),
-    which would turn into a ResourceWarning in some later test.
-    """
-    started: list[RunningEdge] = []
-
-    async def make(config: EdgeConfig) -> RunningEdge:
-        started.append(await start_edge(config))
-        return started[-1]
-
-    yield make
-    for e in reversed(started):
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(e.settled(), 5.0)
-        await e.stop()
 
 
 MASTER = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=2000000\n720p/index.m3u8\n"
