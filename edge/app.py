@@ -202,6 +202,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             credential=read_credential(Path(u.credential_file)) if u.credential_file else None,
             connect_timeout=u.connect_timeout,
             read_timeout=u.read_timeout,
+            fill_timeout=u.fill_timeout,
         )
         for u in cfg.upstreams
     ]
@@ -308,6 +309,8 @@ async def _purge(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="query parameter 'path' must be an absolute object path\n")
     edge = request.app[EDGE]
     assert edge.store is not None
+    if edge.puller is not None:
+        edge.puller.invalidate(path)
     removed = edge.store.purge(path)
     return web.json_response({"path": path, "slices_removed": removed})
 

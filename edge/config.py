@@ -130,6 +130,9 @@ class UpstreamConfig:
     credential_file: Path | None = None
     connect_timeout: float = 2.0  # seconds
     read_timeout: float = 10.0  # seconds of inactivity per read
+    # Seconds one slice transfer may take in all: an upstream trickling bytes slowly enough
+    # to dodge read_timeout must not hold a fill (and every player waiting on it) forever.
+    fill_timeout: float = 120.0
 
 
 def _default_cache_dirs() -> tuple[CacheDir, ...]:
@@ -653,6 +656,7 @@ def _build_upstreams(top: _Section) -> tuple[UpstreamConfig, ...]:
                 ),
                 connect_timeout=sec.get("connect_timeout", lambda k, v: _duration(ctx, k, v), 2.0),
                 read_timeout=sec.get("read_timeout", lambda k, v: _duration(ctx, k, v), 10.0),
+                fill_timeout=sec.get("fill_timeout", lambda k, v: _duration(ctx, k, v), 120.0),
             )
         )
     return tuple(upstreams)

@@ -51,6 +51,7 @@ class Fill:
         "meta",
         "path",
         "pinned",
+        "purged",
         "readers",
         "source",
         "task",
@@ -70,6 +71,7 @@ class Fill:
         self.written = 0  # body bytes received so far
         self.avail = 0  # body bytes readers may use: the last byte waits for checksum verification
         self.verify = False
+        self.purged = False  # purged while filling: serve the readers, cache nothing
         self.writer: SliceWriter | None = None  # None once committed, aborted or never cached
         self.closer: SliceWriter | None = None  # owns ``fd``; closed when the last reader leaves
         self.fd = -1
@@ -285,6 +287,9 @@ class Puller:
                 )
             fill.avail = fill.written
             fill._notify()
+        if fill.writer is not None and fill.purged:
+            self.store.abort(fill.writer)
+            fill.writer = None
         if fill.writer is not None:
             loop = asyncio.get_running_loop()
             # fsync is slow; never on the event loop.
@@ -295,8 +300,12 @@ class Puller:
                 error = await asyncio.shield(fut)
             except asyncio.CancelledError:
                 # Shutting down: the thread runs on regardless, and the writer's descriptor
-                # must stay open until it is done. Wait for it, publish, then give up.
-                store.publish(writer, await fut)
+                # must stay open until it is done. Wait for it (through further cancels),
+                # publish, then give up.
+                while not fut.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(fut)
+                store.publish(writer, fut.result())
                 raise
             ok = store.publish(writer, error)
             if not ok:
@@ -329,6 +338,12 @@ class Puller:
         fill.avail = (
             fill.written - 1 if fill.verify and fill.written == fill.length else fill.written
         )
+
+    def invalidate(self, path: str) -> None:
+        """A purge: fills of ``path`` in progress finish for their readers but cache nothing."""
+        for fill in self.inflight.values():
+            if fill.path == path:
+                fill.purged = True
 
     async def shutdown(self) -> None:
         tasks = [f.task for f in self.inflight.values() if f.task is not None]

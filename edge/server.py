@@ -56,6 +56,7 @@ Handler = Callable[["Connection", Request], "bool | Coroutine[Any, Any, bool]"]
 
 class Connection(asyncio.Protocol):
     __slots__ = (
+        "_blocked",
         "_drained",
         "_head_started",
         "buf",
@@ -89,6 +90,7 @@ class Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._blocked = False  # reading paused until the client takes what is queued
         self._head_started = 0.0
 
     # -- protocol callbacks ------------------------------------------------------
@@ -132,7 +134,7 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # Pause as soon as anything is buffered, resume when all of it is out: direct
         # writes may only follow an empty transport buffer.
-        transport.set_write_buffer_limits(high=1, low=0)
+        transport.set_write_buffer_limits(high=0, low=0)
         self.deadline = self.loop.time() + limits.idle_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -142,7 +144,7 @@ class Connection(asyncio.Protocol):
             self.fd = -1
         self.server._forget(self)
         if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(ConnectionAborted("connection lost"))
+            self._drained.set_result(None)  # drain() sees ``closed`` and raises
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -153,18 +155,18 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        if self._blocked and not self.busy and not self.closed:
+            self._blocked = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+            self._process()
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return  # discarding what a refused client still sends
         self.buf = self.buf + data if self.buf else data
-        if self.busy:
-            if len(self.buf) > 4 * self.server.limits.max_header_bytes:
-                # A client pipelining faster than we answer: stop reading until we catch up.
-                assert self.transport is not None
-                self.transport.pause_reading()
-            return
-        self._process()
+        if not self.busy and not self._blocked:
+            self._process()
 
     def eof_received(self) -> bool | None:
         if not self.busy:
@@ -176,7 +178,16 @@ class Connection(asyncio.Protocol):
     def _process(self) -> None:
         server = self.server
         limits = server.limits
+        transport = self.transport
+        assert transport is not None
         while not self.busy and not self.closed:
+            if transport.get_write_buffer_size():
+                # The client is not reading what we answered: stop reading its requests
+                # until it does (resume_writing), so pipelining cannot queue unbounded
+                # responses in our memory.
+                self._blocked = True
+                transport.pause_reading()
+                return
             buf = self.buf
             if buf[:1] in (b"\r", b"\n"):
                 # RFC 9112 §2.2: ignore empty lines before a request-line.
@@ -210,14 +221,18 @@ class Connection(asyncio.Protocol):
             except ConnectionAborted:
                 self.abort()
                 return
+            except Exception:
+                # Never let an error escape into the event loop's transport callbacks.
+                log.exception("event=handler_error peer=%s", self.peer)
+                self.abort()
+                return
             if keep is True:
                 continue
             if keep is False:
                 self.close()
                 return
             self.busy = True
-            assert self.transport is not None
-            self.transport.pause_reading()
+            transport.pause_reading()
             self.task = self.loop.create_task(self._finish(keep))
             return
 
@@ -351,6 +366,9 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            if self.transport.get_write_buffer_size():
+                # The transport closes after sending what is queued: bound that wait.
+                self.deadline = self.loop.time() + self.server.limits.send_timeout
             self.transport.close()
         self.closed = True
 

@@ -137,29 +137,33 @@ class Disk:
         self.root.mkdir(parents=True, exist_ok=True)
         found: list[tuple[float, int, int]] = []
         removed = 0
-        for top in os.scandir(self.root):
-            if not top.is_dir(follow_symlinks=False):
-                if top.name != PINS_FILE:
-                    removed += _unlink(top.path)
+        # Only our own two-level fan-out is walked: anything else under the root (a
+        # filesystem's lost+found, an operator's notes) is left alone, and one unreadable
+        # directory costs only its own entries.
+        for top in _scan(self.root):
+            if not _is_fanout(top):
                 continue
-            for sub in os.scandir(top.path):
-                if not sub.is_dir(follow_symlinks=False):
-                    removed += _unlink(sub.path)
+            for sub in _scan(top.path):
+                if not _is_fanout(sub):
                     continue
-                for f in os.scandir(sub.path):
+                for f in _scan(sub.path):
                     name = f.name
-                    if (
-                        len(name) == 16
-                        and _HEX.issuperset(name)
-                        and name[0:2] == top.name
-                        and name[2:4] == sub.name
-                        and f.is_file(follow_symlinks=False)
-                    ):
-                        st = f.stat(follow_symlinks=False)
-                        if st.st_size >= _PREFIX.size:
-                            found.append((st.st_mtime, int(name, 16), st.st_size))
-                            continue
-                    # partial writes from a crash (*.tmp) and anything else
+                    try:
+                        if (
+                            len(name) == 16
+                            and _HEX.issuperset(name)
+                            and name[0:2] == top.name
+                            and name[2:4] == sub.name
+                            and f.is_file(follow_symlinks=False)
+                        ):
+                            st = f.stat(follow_symlinks=False)
+                            if st.st_size >= _PREFIX.size:
+                                found.append((st.st_mtime, int(name, 16), st.st_size))
+                                continue
+                    except OSError as exc:
+                        log.warning("event=rebuild_skip path=%s error=%r", f.path, str(exc))
+                        continue
+                    # partial writes from a crash (*.tmp) and anything else in our fan-out
                     removed += _unlink(f.path)
         found.sort()
         for _, key, size in found:
@@ -187,6 +191,26 @@ class Disk:
     def save_pins(self) -> None:
         keys = [k for k in self.index._slot if self.index.is_pinned(k)]
         write_atomic(self.root / PINS_FILE, "".join(f"{k:016x}\n" for k in keys).encode())
+
+
+def _scan(path: str | Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError as exc:
+        log.warning("event=rebuild_skip path=%s error=%r", path, str(exc))
+        return []
+
+
+def _is_fanout(entry: os.DirEntry[str]) -> bool:
+    try:
+        return (
+            len(entry.name) == 2
+            and _HEX.issuperset(entry.name)
+            and entry.is_dir(follow_symlinks=False)
+        )
+    except OSError:
+        return False
 
 
 def _unlink(path: str) -> int:
@@ -446,6 +470,8 @@ class SliceStore:
             return None
         header = encode_header(path, index, length, meta)
         need = len(header) + length
+        if not self._has_free_space(disk, need):
+            return None
         victims, fits = disk.index.make_room(need + disk.reserved)
         for vkey, vsize in victims:
             h = self._open.pop(vkey, None)
@@ -454,7 +480,7 @@ class SliceStore:
             _unlink(disk.file_path(vkey))
             self.evictions += 1
             self.evicted_bytes += vsize
-        if not fits or not self._has_free_space(disk, need):
+        if not fits:
             return None
         try:
             w = SliceWriter(disk, key, header, length, pinned)

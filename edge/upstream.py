@@ -84,6 +84,7 @@ class UpstreamSpec:
     credential: str | None = None
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
+    fill_timeout: float = 120.0
 
 
 def _parse_content_range(value: str) -> tuple[int, int, int] | None:
@@ -223,7 +224,12 @@ class Upstreams:
                 raise UpstreamMismatch(f"Content-Length {clen} for {length}-byte range")
             meta = self._meta(h, path, size)
             return UpstreamResponse(
-                spec.url, meta, a, length, _http_body(resp, length), a == 0 and length == size
+                spec.url,
+                meta,
+                a,
+                length,
+                _http_body(resp, length, _deadline(spec)),
+                a == 0 and length == size,
             )
         if status == 200:
             if clen is None or not clen.isdigit():
@@ -234,7 +240,7 @@ class Upstreams:
             length = min(size, end + 1)
             meta = self._meta(h, path, size)
             return UpstreamResponse(
-                spec.url, meta, 0, length, _http_body(resp, length), length == size
+                spec.url, meta, 0, length, _http_body(resp, length, _deadline(spec)), length == size
             )
         raise UpstreamMismatch(f"unexpected status {status}")
 
@@ -285,7 +291,12 @@ class Upstreams:
         meta = ObjectMeta(size, etag, lm, guess_type(path), None)
         length = 0 if size == 0 else min(end, size - 1) - start + 1
         return UpstreamResponse(
-            spec.url, meta, start, length, _file_body(full, st, start, length), length == size
+            spec.url,
+            meta,
+            start,
+            length,
+            _file_body(full, st, start, length, _deadline(spec)),
+            length == size,
         )
 
 
@@ -295,12 +306,24 @@ async def _empty(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-async def _http_body(resp: aiohttp.ClientResponse, length: int) -> AsyncIterator[bytes]:
+def _deadline(spec: UpstreamSpec) -> float:
+    return time.monotonic() + spec.fill_timeout
+
+
+def _check_deadline(deadline: float, got: int, length: int) -> None:
+    if time.monotonic() > deadline:
+        raise UpstreamError(f"too slow: {got} of {length} bytes in fill_timeout", reason="slow")
+
+
+async def _http_body(
+    resp: aiohttp.ClientResponse, length: int, deadline: float
+) -> AsyncIterator[bytes]:
     """Yields exactly ``length`` bytes or raises UpstreamError (truncated, timed out)."""
     got = 0
     ok = False
     try:
         while got < length:
+            _check_deadline(deadline, got, length)
             try:
                 chunk = await resp.content.read(min(READ_CHUNK, length - got))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -319,7 +342,7 @@ async def _http_body(resp: aiohttp.ClientResponse, length: int) -> AsyncIterator
 
 
 async def _file_body(
-    full: str, expected: os.stat_result, start: int, length: int
+    full: str, expected: os.stat_result, start: int, length: int, deadline: float
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     try:
@@ -336,6 +359,7 @@ async def _file_body(
             raise UpstreamMismatch(f"{full} changed while being read")
         got = 0
         while got < length:
+            _check_deadline(deadline, got, length)
             try:
                 chunk = await loop.run_in_executor(
                     None, os.pread, fd, min(READ_CHUNK, length - got), start + got

@@ -244,6 +244,8 @@ class FakeOrigin:
             "Last-Modified": "Sun, 06 Nov 1994 08:49:37 GMT",
             "Content-Type": "video/iso.segment",
         }
+        if self.mode == "no_validators":
+            del headers["ETag"], headers["Last-Modified"]
         if path in self.checksum:
             headers["X-Checksum-XXH64"] = self.checksum[path]
         if status == 206:
@@ -262,6 +264,12 @@ class FakeOrigin:
             # Close the connection without finishing the announced body.
             assert request.transport is not None
             request.transport.close()
+            return resp
+        if self.mode == "trickle":
+            for i in range(0, len(body), 1024):
+                await resp.write(body[i : i + 1024])
+                await asyncio.sleep(0.05)
+            await resp.write_eof()
             return resp
         half = len(body) // 2
         await resp.write(body[:half])

@@ -77,6 +77,7 @@ def test_empty_file_means_all_defaults(in_tmp: Path) -> None:
     assert cfg.upstream_retries == 1
     assert cfg.upstreams[0].connect_timeout == 2.0
     assert cfg.upstreams[0].read_timeout == 10.0
+    assert cfg.upstreams[0].fill_timeout == 120.0
     assert cfg.cache.dirs == (CacheDir(in_tmp / "var/cache/edge", 1 * GiB),)
     assert cfg.cache.slice_size == 2 * MiB
     assert cfg.cache.max_open_files == 4096
