@@ -72,7 +72,7 @@ async def test_pipelined_requests_from_a_client_that_never_reads_are_bounded(
     edges, origin: FakeOrigin, tmp_path
 ):
     edge = await edges(edge_config(tmp_path, [origin.url]))
-    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
     request = b"OPTIONS /v/x HTTP/1.1\r\nHost: x\r\n\r\n"
     writer.write(request * 200_000)  # ~7 MB of requests, answers never read
     with pytest.raises(TimeoutError):
