@@ -16,13 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from .config import ConfigError, EdgeConfig, add_config_arguments, config_from_args
+from .store import CacheInUse
 from .tokens import generate_key_line, load_keys, sign, signed_path
+from .units import format_size
 
 log = logging.getLogger("edge")
 
@@ -76,6 +79,47 @@ async def serve(config: EdgeConfig, *, ready: asyncio.Event | None = None) -> No
     log.info("event=edge_stopped")
 
 
+def check_environment(config: EdgeConfig) -> tuple[list[str], list[str]]:
+    """What the file alone cannot tell: cache directories usable, sizes that fit, ports."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    for i, d in enumerate(config.cache.dirs):
+        key = f"cache.dirs[{i}].path"
+        probe = d.path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent  # the directory will be created below its nearest ancestor
+        if d.path.exists() and not d.path.is_dir():
+            problems.append(f"{key}: {d.path} exists and is not a directory")
+            continue
+        if not os.access(probe, os.W_OK | os.X_OK):
+            problems.append(f"{key}: {probe} is not writable by this user")
+            continue
+        try:
+            st = os.statvfs(probe)
+        except OSError as exc:
+            problems.append(f"{key}: {probe}: {exc.strerror}")
+            continue
+        total = st.f_blocks * st.f_frsize
+        if d.size > total:
+            warnings.append(
+                f"cache.dirs[{i}].size: {format_size(d.size)} is more than the whole "
+                f"filesystem of {d.path} ({format_size(total)}); fills will fail when it is full"
+            )
+    admin = config.admin.listen
+    if (
+        admin is not None
+        and admin.port
+        and admin.port == config.listen.port
+        and (
+            admin.host == config.listen.host
+            or "" in (admin.host, config.listen.host)
+            or "0.0.0.0" in (admin.host, config.listen.host)
+        )
+    ):
+        problems.append(f"admin.listen: {admin} collides with listen {config.listen}")
+    return problems, warnings
+
+
 def _reload(edge: object) -> None:
     edge.key_mtime = 0.0  # type: ignore[attr-defined]
     edge.reload_keys()  # type: ignore[attr-defined]
@@ -115,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "sign" and not args.upstream:
+        # Signing needs only the keys (and the listen address for the URL); an upstream
+        # is required to serve, not to sign, so do not insist on one here.
+        args.upstream = ["http://upstream.unused.invalid"]
     try:
         config = config_from_args(args)
         keys = load_keys(Path(config.signing.key_file)) if config.signing.key_file else None
@@ -123,7 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.command == "check-config":
-        dirs = ", ".join(f"{d.path} ({d.size} bytes)" for d in config.cache.dirs)
+        problems, warnings = check_environment(config)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if problems:
+            for p in problems:
+                print(f"configuration error: {p}", file=sys.stderr)
+            return 2
+        dirs = ", ".join(f"{d.path} ({format_size(d.size)})" for d in config.cache.dirs)
         print(f"configuration ok: node {config.node_id}, listen {config.listen}, cache {dirs}")
         return 0
     if args.command == "sign":
@@ -154,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         _run(serve(config))
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
+    except (OSError, CacheInUse) as exc:
         log.error("event=edge_failed error=%r", str(exc))
         return 1
     return 0

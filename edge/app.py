@@ -26,13 +26,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .config import EdgeConfig
 from .config import read_credential_file as read_credential
+from .errors import HTTPError
 from .handler import EdgeHandler
 from .health import Health, HealthFacts, evaluate
+from .http1 import normalize_path
 from .metrics import EdgeCollector, EdgeStats
 from .pull import Puller
 from .server import Server
 from .store import SliceStore
-from .tokens import TokenVerifier, load_keys
+from .tokens import TokenVerifier, load_keys, split_token
 from .upstream import Upstreams, UpstreamSpec
 
 log = logging.getLogger("edge.app")
@@ -283,8 +285,9 @@ def _authorize(request: web.Request) -> None:
         want = read_credential(Path(path))
     except (OSError, ValueError) as exc:
         raise web.HTTPInternalServerError(text="admin credential unreadable\n") from exc
-    got = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(got.encode(), f"Bearer {want}".encode()):
+    # RFC 9110 §11.1: the auth scheme is case-insensitive; the credential is not.
+    scheme, _, got = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(got.strip().encode(), want.encode()):
         raise web.HTTPUnauthorized(
             text="missing or wrong admin credential\n", headers={"WWW-Authenticate": "Bearer"}
         )
@@ -304,9 +307,16 @@ async def _undrain(request: web.Request) -> web.Response:
 
 async def _purge(request: web.Request) -> web.Response:
     _authorize(request)
-    path = request.query.get("path", "")
-    if not path.startswith("/"):
-        raise web.HTTPBadRequest(text="query parameter 'path' must be an absolute object path\n")
+    raw = request.query.get("path", "")
+    try:
+        # The same normalisation as player requests, and a token prefix is not part of it.
+        path = split_token(normalize_path(raw))[1]
+    except HTTPError as exc:
+        raise web.HTTPBadRequest(
+            text=f"query parameter 'path' must be an absolute object path: {exc}\n"
+        ) from exc
+    if path.endswith("/"):
+        raise web.HTTPBadRequest(text="purge takes one object path, not a directory\n")
     edge = request.app[EDGE]
     assert edge.store is not None
     if edge.puller is not None:

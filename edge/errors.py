@@ -71,12 +71,18 @@ class UpstreamMismatch(UpstreamError):
 
 
 REASONS = {
+    200: "OK",
+    204: "No Content",
+    206: "Partial Content",
+    304: "Not Modified",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
     411: "Length Required",
+    412: "Precondition Failed",
     413: "Content Too Large",
     414: "URI Too Long",
     416: "Range Not Satisfiable",

@@ -19,6 +19,7 @@ connection: the client sees a truncated response, never a wrong body.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Coroutine
 from functools import lru_cache
@@ -64,6 +65,7 @@ PREFLIGHT = (
     "If-Match, If-Unmodified-Since\r\n"
     "Access-Control-Max-Age: 86400\r\n"
 )
+_TOKEN_IN_PATH = re.compile(r"/_t/[^/]*")
 _KEEP = "Connection: keep-alive\r\n\r\n"
 # Slices a response may span and still be answered from data_received (16 MiB at 2 MiB).
 FAST_SLICES = 8
@@ -72,6 +74,12 @@ _CLOSE = "Connection: close\r\n\r\n"
 Answer = bool | Coroutine[Any, Any, bool]
 # A response body as a list of pieces: bytes, or (slice handle, offset in its body, count).
 Segment = bytes | tuple[SliceHandle, int, int]
+
+
+def _log_path(path: str) -> str:
+    """The request path as logged: never a token, wherever it appears."""
+    path = split_token(path)[1]
+    return _TOKEN_IN_PATH.sub("/_t/-", path) if "/_t/" in path else path
 
 
 @lru_cache(maxsize=8192)
@@ -90,11 +98,17 @@ class ObjectChanged(EdgeError):
 class Plan:
     """A response decided from the object's metadata: head, then byte ranges of the object."""
 
-    __slots__ = ("closing", "head", "parts", "status")
+    __slots__ = ("closing", "head", "hit", "parts", "status")
 
     def __init__(
-        self, status: int, head: bytes, parts: list[tuple[bytes, ByteRange]], closing: bytes
+        self,
+        status: int,
+        head: bytes,
+        parts: list[tuple[bytes, ByteRange]],
+        closing: bytes,
+        hit: bool,
     ) -> None:
+        self.hit = hit  # every slice the body needs is cached
         self.status = status
         self.head = head
         self.parts = parts
@@ -136,7 +150,7 @@ class EdgeHandler:
             access.info(
                 "event=request method=%s path=%s status=%d bytes=%d cache=%s ms=%.2f peer=%s",
                 req.method,
-                split_token(req.path)[1],  # never log the token
+                _log_path(req.path),
                 status,
                 sent,
                 cache,
@@ -315,8 +329,13 @@ class EdgeHandler:
         keep: bool,
         meta: ObjectMeta,
         hit: bool,
+        path: str = "",
     ) -> Plan | None:
-        """The response head and ranges; None when a complete short answer was written."""
+        """The response head and ranges; None when a complete short answer was written.
+
+        With ``path``, ``hit`` is recomputed for X-Cache: whether every slice the
+        response needs is cached (the slow path may serve a mix).
+        """
         headers = req.headers
         cache = "hit" if hit else "miss"
         lm = meta.last_modified
@@ -365,6 +384,13 @@ class EdgeHandler:
             )
             return None
 
+        if path and hit:
+            spans = ranges or ([ByteRange(0, size - 1)] if size else [])
+            step = self.slice_size
+            has = self.store.has_slice
+            hit = all(
+                has(path, i) for r in spans for i in range(r.start // step, r.end // step + 1)
+            )
         common = (
             f"Date: {http_date_now()}\r\nServer: opencdn-edge\r\nAccept-Ranges: bytes\r\n"
             f"ETag: {meta.etag}\r\n{_last_modified(lm)}"
@@ -376,7 +402,7 @@ class EdgeHandler:
                 f"Content-Length: {size}\r\n{common}"
             ).encode()
             full = [(b"", ByteRange(0, size - 1))] if size else []
-            return Plan(200, head, full, b"")
+            return Plan(200, head, full, b"", hit)
         if len(ranges) == 1:
             r = ranges[0]
             head = (
@@ -384,7 +410,7 @@ class EdgeHandler:
                 f"Content-Range: {content_range(r, size)}\r\nContent-Length: {r.length}\r\n"
                 f"{common}"
             ).encode()
-            return Plan(206, head, [(b"", r)], b"")
+            return Plan(206, head, [(b"", r)], b"", hit)
         boundary = make_boundary()
         parts, closing, total = multipart_layout(ranges, size, meta.content_type, boundary)
         head = (
@@ -392,7 +418,7 @@ class EdgeHandler:
             f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
             f"Content-Length: {total}\r\n{common}"
         ).encode()
-        return Plan(206, head, parts, closing)
+        return Plan(206, head, parts, closing, hit)
 
     def _cached_segments(self, path: str, meta: ObjectMeta, plan: Plan) -> list[Segment] | None:
         """The body as cached pieces, each handle acquired; None if it cannot be done at once.
@@ -483,11 +509,12 @@ class EdgeHandler:
         status = 499
         before = conn.bytes_out
         try:
-            plan = self._plan(conn, req, t0, keep, meta, hit)
+            plan = self._plan(conn, req, t0, keep, meta, hit, path)
             if plan is None:
                 await conn.drain()
                 return keep
             status = plan.status
+            cache = "hit" if plan.hit else "miss"
             if req.method == "HEAD":
                 await conn.send(plan.head)
                 self.stats.ttfb[cache].observe(time.perf_counter() - t0)

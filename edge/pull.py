@@ -202,6 +202,11 @@ class Puller:
             # Failures found mid-body (truncation, checksum, too many bytes) count like the rest.
             if not isinstance(exc, RangeNotSatisfiable) and fill.meta is not None:
                 self.upstreams.record_failure(exc.reason, fill.source, str(exc))
+            if isinstance(exc, UpstreamMismatch) and exc.changed:
+                # The upstream holds a new version: every cached slice of the old one is
+                # stale. The request that found out fails; the next one starts afresh.
+                n = self.store.purge(fill.path)
+                log.warning("event=object_changed path=%s purged_slices=%d", fill.path, n)
             fill.error = exc
         except (EdgeError, OSError) as exc:
             fill.error = exc

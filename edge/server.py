@@ -135,7 +135,9 @@ class Connection(asyncio.Protocol):
         # Pause as soon as anything is buffered, resume when all of it is out: direct
         # writes may only follow an empty transport buffer.
         transport.set_write_buffer_limits(high=0, low=0)
-        self.deadline = self.loop.time() + limits.idle_timeout
+        # A new connection must send its first request promptly (nginx's
+        # client_header_timeout); idle_timeout applies between requests.
+        self.deadline = self.loop.time() + limits.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -194,6 +196,11 @@ class Connection(asyncio.Protocol):
                 buf = self.buf = buf.lstrip(b"\r\n")
             end = buf.find(b"\r\n\r\n")
             if end < 0:
+                if b"\n\n" in buf or b"\r\r" in buf:
+                    # A head ended with bare LFs (or CRs): invalid here (see http1), and
+                    # waiting for a CRLF CRLF that never comes would only hold the socket.
+                    self._refuse(HTTPError(400, "bare CR or LF line ends", reason="bad_header"))
+                    return
                 if len(buf) > limits.max_header_bytes:
                     self._refuse(HTTPError(431, "request head too large", reason="head_too_large"))
                 elif buf:
@@ -406,6 +413,9 @@ def simple_response(
         "Server: opencdn-edge\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
+        # Browser players on another origin must be able to read errors and Retry-After.
+        "Access-Control-Allow-Origin: *\r\n"
+        "Access-Control-Expose-Headers: Retry-After\r\n"
         f"{extra}"
         f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
     ).encode()
@@ -455,9 +465,11 @@ class Server:
                 addr = (addr[0], self.port, *addr[2:])
             try:
                 sock.bind(addr)
-            except OSError:
+            except OSError as exc:
                 sock.close()
-                raise
+                raise OSError(
+                    exc.errno, f"cannot listen on {addr[0]}:{addr[1]}: {exc.strerror}"
+                ) from exc
             sock.setblocking(False)
             self.sockets.append(sock)
             if port == 0:
@@ -482,7 +494,8 @@ class Server:
             now = self.loop.time()
             dt = max(now - last_t, 1e-3)
             inst = (self.bytes_sent - last_b) / dt
-            self.egress_rate = 0.5 * self.egress_rate + 0.5 * inst
+            rate = 0.5 * self.egress_rate + 0.5 * inst
+            self.egress_rate = rate if rate >= 1.0 else 0.0
             last_t, last_b = now, self.bytes_sent
             for conn in list(self.conns):
                 if conn.deadline < now:

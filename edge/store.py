@@ -16,6 +16,7 @@ rebuilt from the final names and every ``.tmp`` or foreign file is removed.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ MAGIC = b"OCS1"
 _PREFIX = struct.Struct("<4sI")  # magic, header length
 _HEX = frozenset("0123456789abcdef")
 PINS_FILE = "pinned.keys"
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,10 @@ def decode_header(raw: bytes) -> tuple[int, str, int, int, ObjectMeta]:
     return _PREFIX.size + n, str(d["path"]), int(d["index"]), int(d["length"]), meta
 
 
+class CacheInUse(Exception):
+    """Another process holds the cache directory: two edges must never share one."""
+
+
 class Disk:
     """One cache directory (normally one SSD) with its own byte-bounded LRU."""
 
@@ -117,6 +123,7 @@ class Disk:
         self.errors = 0
         self.failed = False
         self.reserved = 0  # bytes promised to fills in progress
+        self.lock_fd = -1
         self.pins_dirty = False
 
     def file_path(self, key: int) -> str:
@@ -135,6 +142,7 @@ class Disk:
         modification time (the order slices were filled or last refreshed).
         """
         self.root.mkdir(parents=True, exist_ok=True)
+        self.lock()
         found: list[tuple[float, int, int]] = []
         removed = 0
         # Only our own two-level fan-out is walked: anything else under the root (a
@@ -176,6 +184,26 @@ class Disk:
         for key, _size in victims:
             removed += _unlink(self.file_path(key))
         return len(self.index), removed
+
+    def lock(self) -> None:
+        """Take the directory's lock for this process's lifetime (released on exit)."""
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CacheInUse(
+                f"cache directory {self.root} is in use by another edge (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
+
+    def unlock(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
     def load_pins(self) -> set[int]:
         try:
@@ -321,7 +349,10 @@ class SliceStore:
             try:
                 n, r = disk.rebuild()
             except OSError as exc:
+                # Not a directory, not creatable, unreadable: serve without this disk.
                 self._disk_error(disk, exc)
+                disk.failed = True
+                log.error("event=disk_failed dir=%s error=%r", disk.root, str(exc))
                 continue
             total += n
             removed += r
@@ -361,6 +392,10 @@ class SliceStore:
         # Repeated I/O errors take the disk out of service; a full disk is not a failure.
         if exc.errno not in (28, 122) and disk.errors >= 3:  # ENOSPC, EDQUOT
             disk.failed = True
+
+    def has_slice(self, path: str, index: int) -> bool:
+        key = slice_key(path, index)
+        return key in self.disk_for(key).index
 
     # -- hits ----------------------------------------------------------------
 
@@ -568,6 +603,8 @@ class SliceStore:
 
     def close(self) -> None:
         self.flush_pins()
+        for disk in self.disks:
+            disk.unlock()
         for h in self._open.values():
             self._drop(h)
         self._open.clear()

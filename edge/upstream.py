@@ -186,7 +186,7 @@ class Upstreams:
                 url, headers=headers, timeout=timeout, allow_redirects=False, auto_decompress=False
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"connect: {exc!r}", reason="connect") from exc
+            raise UpstreamError(f"connect: {exc or type(exc).__name__}", reason="connect") from exc
         try:
             return self._validate_http(spec, resp, path, start, end)
         except BaseException:
@@ -262,6 +262,8 @@ class Upstreams:
         self, spec: UpstreamSpec, path: str, start: int, end: int
     ) -> UpstreamResponse:
         root = spec.url[len("file://") :]
+        if path.endswith("/"):
+            raise NotFound(path)  # a directory, or a file named with a trailing slash
         full = os.path.realpath(os.path.join(root, path.lstrip("/")))
         # Paths are normalised before they get here; this is the last line of defence.
         if not (full + "/").startswith(os.path.realpath(root) + "/"):
@@ -327,7 +329,9 @@ async def _http_body(
             try:
                 chunk = await resp.content.read(min(READ_CHUNK, length - got))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                raise UpstreamError(f"body after {got} bytes: {exc!r}", reason="body") from exc
+                raise UpstreamError(
+                    f"body after {got} bytes: {exc or type(exc).__name__}", reason="body"
+                ) from exc
             if not chunk:
                 raise UpstreamError(f"truncated: {got} of {length} bytes", reason="truncated")
             got += len(chunk)

@@ -74,11 +74,11 @@ class RunningEdge:
 
     async def get(
         self, session: aiohttp.ClientSession, path: str, **kw: Any
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, Any, bytes]:
         """GET, read the body, and wait for fills to settle, so the next request sees the cache."""
         async with session.get(self.url + path, **kw) as r:
             body = await r.read()
-            status, headers = r.status, dict(r.headers)
+            status, headers = r.status, r.headers.copy()
         await self.settled()
         return status, headers, body
 

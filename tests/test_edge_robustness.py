@@ -173,3 +173,143 @@ async def test_rebuild_leaves_foreign_entries_alone(origin: FakeOrigin, tmp_path
             assert r.headers["X-Cache"] == "HIT"
     finally:
         await edge.stop()
+
+
+async def test_republished_object_recovers_after_one_failed_request(
+    edges, origin: FakeOrigin, tmp_path, client
+):
+    slice_size = 64 * 1024
+    path = "/v/t/r.mp4"
+    origin.files[path] = blob(3 * slice_size, seed=70)
+    edge = await edges(edge_config(tmp_path, [origin.url], slice_size=slice_size))
+    await edge.get(client, path, headers={"Range": "bytes=0-0"})  # slice 0 of v1 cached
+    v2 = origin.files[path] = blob(3 * slice_size, seed=71)
+    origin.etags[path] = '"v2"'
+    async with client.get(edge.url + path) as r:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await r.read()  # the request that discovers the change is cut off
+    await edge.settled()
+    status, headers, body = await edge.get(client, path)
+    assert status == 200, (body[:200], headers)
+    assert (headers["ETag"], body == v2) == ('"v2"', True)
+
+
+async def test_two_edges_never_share_a_cache_directory(origin: FakeOrigin, tmp_path):
+    from edge.store import CacheInUse
+
+    config = edge_config(tmp_path, [origin.url])
+    first = await start_edge(config)
+    try:
+        with pytest.raises(CacheInUse, match="in use by another edge"):
+            await start_edge(config)
+    finally:
+        await first.stop()
+    second = await start_edge(config)  # released on stop
+    await second.stop()
+
+
+async def test_error_responses_carry_cors_headers(edges, origin: FakeOrigin, tmp_path, client):
+    edge = await edges(edge_config(tmp_path, [origin.url], signed=True))
+    async with client.get(edge.url + "/v/t/a.m4s", headers={"Origin": "https://p.example"}) as r:
+        assert r.status == 403
+        assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_status_line_of_412(edges, origin: FakeOrigin, tmp_path):
+    from .conftest import raw_request
+
+    origin.files["/v/t/a.m4s"] = blob(100)
+    edge = await edges(edge_config(tmp_path, [origin.url]))
+    raw = await raw_request(
+        edge.port,
+        b'GET /v/t/a.m4s HTTP/1.1\r\nHost: x\r\nIf-Match: "nope"\r\nConnection: close\r\n\r\n',
+    )
+    assert raw.startswith(b"HTTP/1.1 412 Precondition Failed\r\n")
+
+
+async def test_second_token_in_path_is_not_logged(
+    edges, origin: FakeOrigin, tmp_path, client, caplog
+):
+    import logging
+
+    from edge.config import LogConfig
+
+    config = dataclasses.replace(
+        edge_config(tmp_path, [origin.url], signed=True), log=LogConfig("info", True)
+    )
+    edge = await edges(config)
+    url = edge.signed("/v/t/a.m4s", "/v/t/")
+    token = url.split("/_t/")[1].split("/")[0]
+    with caplog.at_level(logging.INFO, logger="edge.access"):
+        async with client.get(url.replace("/v/t/", f"/_t/{token}/v/t/")) as r:
+            assert r.status == 403
+    assert caplog.records and token not in caplog.text
+
+
+async def test_x_cache_says_miss_when_the_upstream_was_needed(
+    edges, origin: FakeOrigin, tmp_path, client
+):
+    slice_size = 64 * 1024
+    origin.files["/v/t/r.mp4"] = blob(3 * slice_size, seed=72)
+    edge = await edges(edge_config(tmp_path, [origin.url], slice_size=slice_size))
+    await edge.get(client, "/v/t/r.mp4", headers={"Range": "bytes=0-0"})
+    _, headers, _ = await edge.get(client, "/v/t/r.mp4")
+    assert headers["X-Cache"] == "MISS"
+    _, headers, _ = await edge.get(client, "/v/t/r.mp4")
+    assert headers["X-Cache"] == "HIT"
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+async def test_admin_auth_scheme_is_case_insensitive(
+    scheme, edges, origin: FakeOrigin, tmp_path, client
+):
+    edge = await edges(edge_config(tmp_path, [origin.url]))
+    async with client.post(
+        edge.admin + "/admin/undrain", headers={"Authorization": f"{scheme} {ADMIN_TOKEN}"}
+    ) as r:
+        assert r.status == 200
+
+
+@pytest.mark.parametrize("bad", ["/v/../x", "v/x", "/v/%2e%2e/x", "/v/t/"])
+async def test_purge_rejects_paths_that_name_no_object(
+    bad, edges, origin: FakeOrigin, tmp_path, client
+):
+    edge = await edges(edge_config(tmp_path, [origin.url]))
+    async with client.post(
+        edge.admin + "/admin/purge",
+        params={"path": bad},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    ) as r:
+        assert r.status == 400
+
+
+async def test_bare_lf_head_is_refused_at_once(edges, origin: FakeOrigin, tmp_path):
+    from .conftest import raw_request
+
+    edge = await edges(edge_config(tmp_path, [origin.url]))
+    raw = await asyncio.wait_for(
+        raw_request(edge.port, b"GET /v/t/a.m4s HTTP/1.1\nHost: x\n\n", read_timeout=5.0), 4.0
+    )
+    assert raw.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_silent_connection_is_closed_after_header_timeout(
+    edges, origin: FakeOrigin, tmp_path
+):
+    edge = await edges(
+        edge_config(tmp_path, [origin.url], limits={"header_timeout": 0.5, "idle_timeout": 60.0})
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 5.0) == b""  # closed well before 60 s
+    finally:
+        writer.close()
+
+
+async def test_trailing_slash_is_not_the_file(edges, origin_dir, tmp_path, client):
+    from .conftest import put
+
+    put(origin_dir, "/art/p.jpg", b"jpeg")
+    edge = await edges(edge_config(tmp_path, [f"file://{origin_dir}"]))
+    assert (await edge.get(client, "/art/p.jpg"))[0] == 200
+    assert (await edge.get(client, "/art/p.jpg/"))[0] == 404
