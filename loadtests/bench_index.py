@@ -1,0 +1,129 @@
+"""Memory and speed of the edge's LRU index against plain LRUs, at a million objects.
+
+Run by hand: ``.venv/bin/python loadtests/bench_index.py [--objects N]``. Prints, for each
+index, the bytes of Python memory per cached object (tracemalloc, the key ints included) and
+the cost of insert-with-eviction and touch. The target from the edge issue: at most 200 bytes
+per cached object at 1M objects. Peers: an OrderedDict LRU (what most Python code writes) and
+cachetools.LRUCache with a byte-sized ``getsizeof`` (the library the project depends on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+import tracemalloc
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import cachetools  # noqa: E402
+
+from edge.lru import LRUIndex  # noqa: E402
+
+SLICE = 2 * 1024 * 1024
+
+
+class OrderedDictLRU:
+    """The textbook byte-bounded LRU."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.d: OrderedDict[int, int] = OrderedDict()
+
+    def insert(self, key: int, size: int) -> None:
+        while self.used + size > self.capacity and self.d:
+            _, s = self.d.popitem(last=False)
+            self.used -= s
+        self.d[key] = size
+        self.used += size
+
+    def touch(self, key: int) -> None:
+        self.d.move_to_end(key)
+
+
+class CachetoolsLRU:
+    def __init__(self, capacity: int) -> None:
+        self.c: cachetools.LRUCache[int, int] = cachetools.LRUCache(capacity, getsizeof=lambda v: v)
+
+    def insert(self, key: int, size: int) -> None:
+        self.c[key] = size
+
+    def touch(self, key: int) -> None:
+        self.c[key]  # noqa: B018 - a read refreshes recency
+
+
+class EdgeLRU:
+    def __init__(self, capacity: int) -> None:
+        self.i = LRUIndex(capacity)
+
+    def insert(self, key: int, size: int) -> None:
+        self.i.make_room(size)
+        self.i.insert(key, size)
+
+    def touch(self, key: int) -> None:
+        self.i.touch(key)
+
+
+def measure(name: str, make: Callable[[int], object], keys: list[int]) -> tuple[str, float, float, float]:
+    n = len(keys)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    idx = make(n * SLICE)
+    for i, k in enumerate(keys):
+        # Real slices differ in size (last slices, small objects): one int object each.
+        idx.insert(k, SLICE - (i % 4096))  # type: ignore[attr-defined]
+    mem = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    per_object = mem / n + sys.getsizeof(keys[0])  # the key ints live in the caller's list too
+    del idx
+    gc.collect()
+
+    # Speed, untraced: fill to capacity, then inserts that each evict one, and touches.
+    idx = make(n * SLICE)
+    for k in keys:
+        idx.insert(k, SLICE)  # type: ignore[attr-defined]
+    rng = random.Random(2)
+    sample = [keys[rng.randrange(n)] for _ in range(200_000)]
+    t = time.perf_counter()
+    for k in sample:
+        idx.touch(k)  # type: ignore[attr-defined]
+    touch_ns = (time.perf_counter() - t) / len(sample) * 1e9
+    fresh = [rng.getrandbits(64) for _ in range(200_000)]
+    t = time.perf_counter()
+    for k in fresh:
+        idx.insert(k, SLICE)  # type: ignore[attr-defined]
+    insert_ns = (time.perf_counter() - t) / len(fresh) * 1e9
+    return name, per_object, insert_ns, touch_ns
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--objects", type=int, default=1_000_000)
+    args = ap.parse_args()
+    rng = random.Random(1)
+    keys = [rng.getrandbits(64) for _ in range(args.objects)]
+    rows = [
+        measure("edge LRUIndex", EdgeLRU, keys),
+        measure("OrderedDict LRU", OrderedDictLRU, keys),
+        measure("cachetools.LRUCache", CachetoolsLRU, keys),
+    ]
+    print(f"{args.objects:,} cached objects (2 MiB slices), Python {sys.version.split()[0]}\n")
+    print(f"{'index':22} {'bytes/object':>13} {'insert+evict ns':>16} {'touch ns':>9}")
+    for name, per, ins, touch in rows:
+        print(f"{name:22} {per:13.0f} {ins:16.0f} {touch:9.0f}")
+    edge = rows[0][1]
+    print(f"\nedge index memory vs OrderedDict: {edge / rows[1][1]:.2f}x, "
+          f"vs cachetools: {edge / rows[2][1]:.2f}x; target <= 200 bytes/object: "
+          f"{'ok' if edge <= 200 else 'MISSED'}")
+    return 0 if edge <= 200 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
