@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import cachetools  # noqa: E402
+import cachetools
 
-from edge.lru import LRUIndex  # noqa: E402
+from edge.lru import LRUIndex
 
 SLICE = 2 * 1024 * 1024
 
@@ -55,7 +55,7 @@ class CachetoolsLRU:
         self.c[key] = size
 
     def touch(self, key: int) -> None:
-        self.c[key]  # noqa: B018 - a read refreshes recency
+        self.c[key]
 
 
 class EdgeLRU:
@@ -70,7 +70,9 @@ class EdgeLRU:
         self.i.touch(key)
 
 
-def measure(name: str, make: Callable[[int], object], keys: list[int]) -> tuple[str, float, float, float]:
+def measure(
+    name: str, make: Callable[[int], object], keys: list[int]
+) -> tuple[str, float, float, float]:
     n = len(keys)
     gc.collect()
     tracemalloc.start()
@@ -119,9 +121,11 @@ def main() -> int:
     for name, per, ins, touch in rows:
         print(f"{name:22} {per:13.0f} {ins:16.0f} {touch:9.0f}")
     edge = rows[0][1]
-    print(f"\nedge index memory vs OrderedDict: {edge / rows[1][1]:.2f}x, "
-          f"vs cachetools: {edge / rows[2][1]:.2f}x; target <= 200 bytes/object: "
-          f"{'ok' if edge <= 200 else 'MISSED'}")
+    print(
+        f"\nedge index memory vs OrderedDict: {edge / rows[1][1]:.2f}x, "
+        f"vs cachetools: {edge / rows[2][1]:.2f}x; target <= 200 bytes/object: "
+        f"{'ok' if edge <= 200 else 'MISSED'}"
+    )
     return 0 if edge <= 200 else 2
 
 
