@@ -22,23 +22,16 @@ import logging
 import re
 import time
 from collections.abc import Callable, Coroutine
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .conditionals import evaluate_preconditions, format_http_date, if_range_allows
 from .errors import REASONS, EdgeError, NotFound, RangeNotSatisfiable, UpstreamError
 from .http1 import Request
 from .metrics import EdgeStats
 from .pull import Fill, Puller
-from .ranges import (
-    UNSATISFIABLE,
-    ByteRange,
-    content_range,
-    make_boundary,
-    multipart_layout,
-    unsatisfied_range,
-)
-from .ranges import parse_range as _parse_range
+from .ranges import ByteRange, unsatisfied_range
+from .response import CLOSE as _CLOSE
+from .response import KEEP as _KEEP
+from .response import Plan, build, evaluate, not_modified
 from .server import Connection, ConnectionAborted, http_date_now, simple_response
 from .store import ObjectMeta, SliceHandle, SliceStore
 from .tokens import TokenRejected, TokenVerifier, split_token
@@ -66,10 +59,8 @@ PREFLIGHT = (
     "Access-Control-Max-Age: 86400\r\n"
 )
 _TOKEN_IN_PATH = re.compile(r"/_t/[^/]*")
-_KEEP = "Connection: keep-alive\r\n\r\n"
 # Slices a response may span and still be answered from data_received (16 MiB at 2 MiB).
 FAST_SLICES = 8
-_CLOSE = "Connection: close\r\n\r\n"
 
 Answer = bool | Coroutine[Any, Any, bool]
 # A response body as a list of pieces: bytes, or (slice handle, offset in its body, count).
@@ -82,37 +73,11 @@ def _log_path(path: str) -> str:
     return _TOKEN_IN_PATH.sub("/_t/-", path) if "/_t/" in path else path
 
 
-@lru_cache(maxsize=8192)
-def _last_modified(ts: int) -> str:
-    """The Last-Modified header line; none when the upstream gave no date (-1)."""
-    return f"Last-Modified: {format_http_date(ts)}\r\n" if ts >= 0 else ""
-
-
 class ObjectChanged(EdgeError):
     """Cached slices of one object disagree with the representation announced."""
 
     status = 502
     reason = "changed"
-
-
-class Plan:
-    """A response decided from the object's metadata: head, then byte ranges of the object."""
-
-    __slots__ = ("closing", "head", "hit", "parts", "status")
-
-    def __init__(
-        self,
-        status: int,
-        head: bytes,
-        parts: list[tuple[bytes, ByteRange]],
-        closing: bytes,
-        hit: bool,
-    ) -> None:
-        self.hit = hit  # every slice the body needs is cached
-        self.status = status
-        self.head = head
-        self.parts = parts
-        self.closing = closing
 
 
 class EdgeHandler:
@@ -336,54 +301,22 @@ class EdgeHandler:
         With ``path``, ``hit`` is recomputed for X-Cache: whether every slice the
         response needs is cached (the slow path may serve a mix).
         """
-        headers = req.headers
-        cache = "hit" if hit else "miss"
-        lm = meta.last_modified
-        if not lm:
-            # No modification date from the upstream: RFC 9110 §13.1.3/§13.1.4 say to ignore
-            # the date conditionals, and no If-Range date can match (-1).
-            lm = -1
-            if "if-modified-since" in headers or "if-unmodified-since" in headers:
-                headers = {
-                    k: v
-                    for k, v in headers.items()
-                    if k != "if-modified-since" and k != "if-unmodified-since"
-                }
-        pre = evaluate_preconditions(req.method, headers, meta.etag, lm)
-        if pre == 304:
-            # RFC 9110 §15.4.5: the validators a 200 would carry, no body.
-            conn.write(
-                (
-                    f"HTTP/1.1 304 Not Modified\r\nDate: {http_date_now()}\r\n"
-                    f"Server: opencdn-edge\r\nETag: {meta.etag}\r\n{_last_modified(lm)}"
-                    f"{CORS}{_KEEP if keep else _CLOSE}"
-                ).encode()
-            )
-            self._done(conn, req, t0, 304, cache, 0)
+        status, ranges, lm = evaluate(
+            req.method, req.headers, meta.etag, meta.last_modified, meta.size, self.max_ranges
+        )
+        if status == 304:
+            common = f"Date: {http_date_now()}\r\nServer: opencdn-edge\r\n{CORS}"
+            conn.write(not_modified(meta.etag, lm, common, keep))
+            self._done(conn, req, t0, 304, "hit" if hit else "miss", 0)
             return None
-        if pre == 412:
+        if status == 412:
             self._simple(conn, req, t0, 412, "precondition failed", keep)
             return None
-
         size = meta.size
-        ranges = None
-        range_value = headers.get("range")
-        if range_value is not None:
-            if_range = headers.get("if-range")
-            if if_range is None or if_range_allows(if_range, meta.etag, lm):
-                ranges = _parse_range(range_value, size, self.max_ranges)
-        if ranges is UNSATISFIABLE:
-            self._simple(
-                conn,
-                req,
-                t0,
-                416,
-                "range not satisfiable",
-                keep,
-                f"Content-Range: {unsatisfied_range(size)}\r\n",
-            )
+        if status == 416:
+            extra = f"Content-Range: {unsatisfied_range(size)}\r\n"
+            self._simple(conn, req, t0, 416, "range not satisfiable", keep, extra)
             return None
-
         if path and hit:
             spans = ranges or ([ByteRange(0, size - 1)] if size else [])
             step = self.slice_size
@@ -392,33 +325,10 @@ class EdgeHandler:
                 has(path, i) for r in spans for i in range(r.start // step, r.end // step + 1)
             )
         common = (
-            f"Date: {http_date_now()}\r\nServer: opencdn-edge\r\nAccept-Ranges: bytes\r\n"
-            f"ETag: {meta.etag}\r\n{_last_modified(lm)}"
-            f"X-Cache: {'HIT' if hit else 'MISS'}\r\n{CORS}{_KEEP if keep else _CLOSE}"
+            f"Date: {http_date_now()}\r\nServer: opencdn-edge\r\n"
+            f"X-Cache: {'HIT' if hit else 'MISS'}\r\n{CORS}"
         )
-        if not ranges:
-            head = (
-                f"HTTP/1.1 200 OK\r\nContent-Type: {meta.content_type}\r\n"
-                f"Content-Length: {size}\r\n{common}"
-            ).encode()
-            full = [(b"", ByteRange(0, size - 1))] if size else []
-            return Plan(200, head, full, b"", hit)
-        if len(ranges) == 1:
-            r = ranges[0]
-            head = (
-                f"HTTP/1.1 206 Partial Content\r\nContent-Type: {meta.content_type}\r\n"
-                f"Content-Range: {content_range(r, size)}\r\nContent-Length: {r.length}\r\n"
-                f"{common}"
-            ).encode()
-            return Plan(206, head, [(b"", r)], b"", hit)
-        boundary = make_boundary()
-        parts, closing, total = multipart_layout(ranges, size, meta.content_type, boundary)
-        head = (
-            "HTTP/1.1 206 Partial Content\r\n"
-            f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
-            f"Content-Length: {total}\r\n{common}"
-        ).encode()
-        return Plan(206, head, parts, closing, hit)
+        return build(ranges, size, meta.etag, lm, meta.content_type, common, keep, hit)
 
     def _cached_segments(self, path: str, meta: ObjectMeta, plan: Plan) -> list[Segment] | None:
         """The body as cached pieces, each handle acquired; None if it cannot be done at once.
