@@ -333,3 +333,89 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
     return env
+
+
+# -- a real S3 API (moto's server) for the origin storage tests ---------------------------
+
+# Imported here, not at the top, so this block stays a self-contained addition.
+from collections.abc import Iterator  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class MotoS3:
+    """A moto server on loopback; dummy credentials are passed explicitly, never via env."""
+
+    endpoint: str
+    region: str = "us-east-1"
+    access_key_id: str = "testing-key-id"
+    secret_access_key: str = "testing-secret-key"
+
+    def client(self) -> Any:
+        """A plain boto3 client on the server (the caller closes it)."""
+        import boto3  # type: ignore[import-untyped]
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+        )
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto_server as a subprocess on 127.0.0.1, on a port the kernel picks, for the session."""
+    import http.client
+    import subprocess
+    import time
+
+    exe = Path(sys.executable).with_name("moto_server")
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Output goes to a file, not a pipe: werkzeug logs every request, and a
+    # pipe nobody drains would eventually block the server.
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", "0"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        endpoint = ""
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto_server exited with {proc.returncode}: {log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"moto_server did not answer within 30 s: {log.read_text()}")
+            if not endpoint:
+                m = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text())
+                endpoint = m.group(1) if m else ""
+            if endpoint:
+                conn = http.client.HTTPConnection(endpoint.removeprefix("http://"), timeout=2)
+                try:
+                    conn.request("GET", "/")
+                    conn.getresponse().read()
+                    break  # any HTTP answer means it is serving
+                except OSError:
+                    pass
+                finally:
+                    conn.close()
+            time.sleep(0.02)  # poll interval, not a guess at the start-up time
+        yield MotoS3(endpoint)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(moto: MotoS3) -> str:
+    """Just the moto server's URL, for tests that make their own clients (any credentials)."""
+    return moto.endpoint
