@@ -22,9 +22,14 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, OriginConfig, add_config_arguments, config_from_args
+
+if TYPE_CHECKING:
+    from .jobs import JobQueue
 
 log = logging.getLogger("origin")
 
@@ -101,22 +106,46 @@ async def work(config: OriginConfig, *, job_id: int | None = None, once: bool = 
                 queue, _worker_name(), {"ingest": handler}, stop=stop, once=once
             )
         # Work until our job is finished (it may be behind others, or held by a dead worker
-        # whose lease has to run out first).
-        while not stop.is_set():
-            job = queue.get(job_id)
-            if job is None or job.state in ("done", "failed", "cancelled"):
-                break
-            n = await run_worker(
-                queue, _worker_name(), {"ingest": handler}, stop=stop, once=True, poll_interval=1.0
-            )
-            if n == 0:
-                await asyncio.sleep(1.0)
+        # whose lease has to run out first), showing its progress.
+        printer = asyncio.create_task(_show_progress(queue, job_id))
+        try:
+            await _work_until_done(queue, handler, job_id, stop)
+        finally:
+            printer.cancel()
         job = queue.get(job_id)
         return 0 if job is not None and job.state == "done" else 1
     finally:
         queue.close()
         feed.close()
         await storage.close()
+
+
+async def _work_until_done(
+    queue: JobQueue, handler: Callable[..., Awaitable[Any]], job_id: int, stop: asyncio.Event
+) -> None:
+    from .jobs import run_worker
+
+    while not stop.is_set():
+        job = queue.get(job_id)
+        if job is None or job.state in ("done", "failed", "cancelled"):
+            break
+        n = await run_worker(
+            queue, _worker_name(), {"ingest": handler}, stop=stop, once=True, poll_interval=1.0
+        )
+        if n == 0:
+            await asyncio.sleep(1.0)
+
+
+async def _show_progress(queue: JobQueue, job_id: int) -> None:
+    last = None
+    while True:
+        job = queue.get(job_id)
+        if job is not None:
+            line = f"job {job_id}: {job.state} {100 * (job.progress or 0):3.0f}% {job.note or ''}"
+            if line != last:
+                print(line.rstrip(), flush=True)
+                last = line
+        await asyncio.sleep(0.5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,11 +110,13 @@ def ingest_handler(
         shutil.rmtree(work, ignore_errors=True)  # a previous attempt's leftovers
         work.mkdir(parents=True)
         done: dict[str, float] = {}
+        shown = [0.0]
 
         def on_progress(rung: str, fraction: float, speed: float) -> None:
             done[rung] = fraction
-            overall = sum(done.values()) / max(len(done), 1)
-            progress(overall * 0.9, f"encoding {rung} {fraction:.0%} at {speed:.1f}x")
+            # Renditions report as they start, so the average can dip: never show it going back.
+            shown[0] = max(shown[0], sum(done.values()) / max(len(done), 1))
+            progress(shown[0] * 0.9, f"encoding {rung} {fraction:.0%} at {speed:.1f}x")
 
         try:
             result = await ingest_title(

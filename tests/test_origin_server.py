@@ -334,3 +334,26 @@ def test_origin_config_errors_name_the_key(tmp_path):
         with pytest.raises(ConfigError) as info:
             load_config(f)
         assert str(f) in str(info.value) and key in str(info.value), str(info.value)
+
+
+def test_origin_example_config_loads(tmp_path):
+    import re as _re
+
+    from origin.config import OriginConfig
+
+    text = (Path(__file__).parent.parent / "conf" / "origin.example.yaml").read_text()
+    for name in ("fill.tokens", "catalog.tokens"):
+        (tmp_path / name).write_text("example-token-0123456789abcdef\n")
+    text = text.replace("/etc/opencdn/", f"{tmp_path}/").replace("/srv/opencdn/", f"{tmp_path}/")
+    text = text.replace("/var/lib/opencdn-origin/", f"{tmp_path}/")
+    (tmp_path / "origin.yaml").write_text(text)
+    config = load_config(tmp_path / "origin.yaml")
+    assert config.storage.root == tmp_path / "assets"
+    documented = set(_re.findall(r"^\s*#?\s*([a-z_]+):", text, _re.M))
+    import dataclasses as _dc
+
+    from origin.config import IngestConfig, JobsConfig, StorageConfig
+
+    for cls in (OriginConfig, StorageConfig, IngestConfig, JobsConfig):
+        for f in _dc.fields(cls):
+            assert f.name in documented, f"{cls.__name__}.{f.name} is not documented"
