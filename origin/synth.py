@@ -2,9 +2,9 @@
 
 For load tests and demos of edges and the catalog, thousands of titles are needed in minutes.
 ``synth_catalog`` writes ``v/<title>/`` trees with the same files, names and packaging text as
-``origin.ingest`` (the very same playlist, MPD, WebVTT and manifest functions, over ``Track``
-values made up here), but every init and media segment is deterministic pseudo-random bytes sized
-for its rung's bit rate. They are not playable; everything that reads playlists, byte ranges,
+``origin.ingest`` (the very same playlist, MPD, WebVTT and manifest functions of
+``origin.package``, over ``Track`` values made up here), but every init and media segment is
+deterministic pseudo-random bytes sized for its rung's bit rate. They are not playable; everything that reads playlists, byte ranges,
 sizes and checksums sees a real-looking title. The poster and sprite are real (flat grey) JPEGs
 of the right sizes, so a player UI can show them.
 
@@ -26,7 +26,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from .ingest import (
+from .ingest import check_title
+from .ladder import DEFAULT_LADDER, Rung, select
+from .package import (
     FIRST_SEGMENT,
     INIT,
     POSTER,
@@ -34,14 +36,12 @@ from .ingest import (
     SPRITE,
     Track,
     build_manifest,
-    check_title,
     describe_files,
     segment_name,
     sprite_plan,
     write_manifest,
     write_packaging,
 )
-from .ladder import DEFAULT_LADDER, Rung, select
 
 __all__ = ["avc_codec", "grey_jpeg", "synth_catalog", "synth_title"]
 
