@@ -97,8 +97,13 @@ async def work(config: OriginConfig, *, job_id: int | None = None, once: bool = 
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    # A worker finishes its job on TERM/INT, then exits. `ingest` gives up at once instead
+    # (the operator pressed Ctrl-C): the job stays leased and another worker takes it over.
+    on_signal = stop.set if job_id is None else main_task.cancel
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     handler = ingest_handler(config, storage, feed)
     try:
         if job_id is None:
@@ -146,6 +151,17 @@ async def _show_progress(queue: JobQueue, job_id: int) -> None:
                 print(line.rstrip(), flush=True)
                 last = line
         await asyncio.sleep(0.5)
+
+
+async def _published(config: OriginConfig, title: str) -> bool:
+    from .publish import is_published
+    from .storage import open_storage
+
+    storage = open_storage(config.storage.spec())
+    try:
+        return await is_published(storage, title)
+    finally:
+        await storage.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, SourceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not args.replace and asyncio.run(_published(config, args.title)):
+        print(f"error: title {args.title!r} is already published (use --replace)", file=sys.stderr)
+        return 2
     queue = JobQueue(
         config.jobs.db, lease_seconds=config.jobs.lease, max_attempts=config.jobs.max_attempts
     )
@@ -256,13 +275,23 @@ def main(argv: list[str] | None = None) -> int:
         payload["ladder_file"] = str(args.ladder.resolve())
     job = queue.enqueue("ingest", payload, dedupe_key=f"ingest:{args.title}")
     queue.close()
-    print(f"job {job.id} queued: ingest {args.title} from {source}")
+    if job.payload != payload:
+        print(
+            f"job {job.id} for {args.title} is already queued or running (from "
+            f"{job.payload.get('source')}); following it instead",
+            file=sys.stderr,
+        )
+    print(f"job {job.id} queued: ingest {args.title} from {job.payload.get('source')}")
     if args.enqueue_only:
         return 0
     try:
         _run(work(config, job_id=job.id))
-    except KeyboardInterrupt:
-        print(f"interrupted; job {job.id} will be picked up again by a worker", file=sys.stderr)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(
+            f"interrupted; job {job.id} stays queued: `python -m origin worker` will take it"
+            " over once its lease runs out",
+            file=sys.stderr,
+        )
         return 130
     queue = JobQueue(config.jobs.db)
     final = queue.get(job.id)
@@ -270,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     if final is not None and final.state == "done":
         print(f"published {args.title}: {final.result}")
         return 0
+    if final is not None and final.state in ("queued", "running"):
+        print(
+            f"job {job.id} is still {final.state}; `python -m origin jobs` shows it",
+            file=sys.stderr,
+        )
+        return 1
     print(f"ingest failed: {final.error if final else 'job vanished'}", file=sys.stderr)
     return 1
 

@@ -69,6 +69,13 @@ class CatalogFeed:
             out.append(item)
         return out, (rows[-1][0] if rows else seq)
 
+    def is_announced(self, title: str, job: int) -> bool:
+        """Whether the latest entry for ``title`` announces the publication by ``job``."""
+        row = self.db.execute(
+            "SELECT published, entry FROM feed WHERE title = ? ORDER BY seq DESC LIMIT 1", (title,)
+        ).fetchone()
+        return bool(row and row[0] and json.loads(row[1]).get("job") == job)
+
     def published_count(self) -> int:
         """Titles whose latest feed entry is a publication."""
         row = self.db.execute(
@@ -96,4 +103,5 @@ def summary(title: str, manifest: dict[str, Any]) -> dict[str, Any]:
         "poster": manifest.get("poster", "poster.jpg"),
         "sprite": manifest.get("sprite", "sprite.jpg"),
         "base_path": f"/v/{title}/",
+        "job": manifest.get("job"),
     }

@@ -294,6 +294,9 @@ async def _run(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=cwd,
+        # Own process group: a Ctrl-C at the terminal is for us to handle (the job is
+        # left for another worker), not for ffmpeg to die of mid-encode.
+        start_new_session=True,
         limit=1 << 20,  # a line longer than this (odd metadata) would otherwise stop the reader
     )
     assert proc.stdout is not None and proc.stderr is not None

@@ -21,6 +21,7 @@ from typing import Any
 
 from .catalog import CatalogFeed
 from .config import OriginConfig
+from .jobs import PermanentJobError
 from .storage import Storage
 
 log = logging.getLogger("origin.publish")
@@ -38,6 +39,17 @@ def title_prefix(title: str) -> str:
 
 async def is_published(storage: Storage, title: str) -> bool:
     return await storage.stat(title_prefix(title) + MARKER) is not None
+
+
+async def published_manifest(storage: Storage, title: str) -> dict[str, Any] | None:
+    """The stored manifest.json of a published title, or None."""
+    key = title_prefix(title) + MARKER
+    info = await storage.stat(key)
+    if info is None:
+        return None
+    data = b"".join([chunk async for chunk in storage.read(key, 0, info.size - 1)])
+    doc = json.loads(data)
+    return doc if isinstance(doc, dict) else {}
 
 
 async def publish(
@@ -61,16 +73,22 @@ async def publish(
             )
 
     try:
-        await asyncio.gather(*(upload(f) for f in files))
+        # A TaskGroup, not gather: on the first failure the other uploads are cancelled
+        # before the cleanup below, so none lands after it.
+        async with asyncio.TaskGroup() as tg:
+            for f in files:
+                tg.create_task(upload(f))
         # The marker last: from this moment the title is whole and visible.
         await storage.put_file(prefix + MARKER, out_dir / MARKER, "application/json")
-    except BaseException:
+    except BaseException as exc:
+        if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         # Nothing is visible without the marker; remove what was uploaded (best effort).
         try:
             await asyncio.shield(storage.delete_prefix(prefix))
-        except Exception as exc:  # the original failure matters more
-            log.warning("event=publish_cleanup_failed title=%s error=%r", title, str(exc))
-        raise
+        except Exception as cleanup:  # the original failure matters more
+            log.warning("event=publish_cleanup_failed title=%s error=%r", title, str(cleanup))
+        raise exc from None
     seq = feed.announce(title, manifest)
     log.info("event=title_published title=%s files=%d seq=%d", title, len(files) + 1, seq)
     return seq
@@ -102,12 +120,19 @@ def ingest_handler(
         source = Path(p["source"])
         ladder_file = p.get("ladder_file") or config.ingest.ladder_file
         ladder = load_ladder(Path(ladder_file)) if ladder_file else DEFAULT_LADDER
-        if await is_published(storage, title):
+        stored = await published_manifest(storage, title)
+        if stored is not None:
+            if stored.get("job") == job.id:
+                # This very job published it and then died before saying so: finish its work.
+                if not feed.is_announced(title, job.id):
+                    feed.announce(title, stored)
+                return {"title": title, "duration": stored.get("duration"), "recovered": True}
             if not p.get("replace"):
-                raise PublishError(f"title {title!r} is already published (use --replace)")
-            await unpublish(storage, title, feed)
-        work = config.ingest.work_dir / f"{title}-job{job.id}"
-        shutil.rmtree(work, ignore_errors=True)  # a previous attempt's leftovers
+                raise PermanentJobError(f"title {title!r} is already published (use --replace)")
+        # One directory per attempt: a worker that lost its lease and still runs must not
+        # touch the next attempt's files.
+        work = config.ingest.work_dir / f"{title}-job{job.id}-try{job.attempts}"
+        shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         done: dict[str, float] = {}
         shown = [0.0]
@@ -130,7 +155,15 @@ def ingest_handler(
                 retries=config.ingest.retries,
                 on_progress=on_progress,
             )
+            # Which job published it: a retry after a crash recognises its own work.
+            marker = result.out_dir / MARKER
+            manifest = json.loads(marker.read_text())
+            manifest["job"] = job.id
+            marker.write_text(json.dumps(manifest, indent=1))
             progress(0.9, "publishing")
+            if stored is not None:
+                # --replace: the old version stayed up during the encode; swap it now.
+                await unpublish(storage, title, feed)
             seq = await publish(storage, title, result.out_dir, feed)
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -16,6 +16,7 @@ only files of published titles: ``v/<title>/...`` is visible once the title's
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -221,8 +222,17 @@ class OriginHandler:
     # -- local files: sendfile ---------------------------------------------------------------
 
     def _respond_local(
-        self, conn: Connection, req: Request, t0: float, keep: bool, info: ObjectInfo, local: str
+        self,
+        conn: Connection,
+        req: Request,
+        t0: float,
+        keep: bool,
+        info: ObjectInfo,
+        local: str,
+        fresh: bool = False,
     ) -> Answer:
+        """``fresh``: ``info`` was just read from storage; if the file still disagrees,
+        answer rather than look again (a file being rewritten would loop otherwise)."""
         plan = self._plan(conn, req, t0, keep, info)
         if plan is None:
             return keep
@@ -233,21 +243,20 @@ class OriginHandler:
         try:
             fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            self.meta.pop(info.key, None)
-            return self._slow(conn, req, t0, keep, info.key, _marker(info.key))
+            return self._stale(conn, req, t0, keep, info, fresh, "gone")
         try:
             if os.fstat(fd).st_size != info.size:
-                # Replaced since its metadata was cached: look again rather than mislabel.
+                # Replaced since its metadata was read: never send it under the old labels.
                 os.close(fd)
-                self.meta.pop(info.key, None)
-                return self._slow(conn, req, t0, keep, info.key, _marker(info.key))
+                fd = -1
+                return self._stale(conn, req, t0, keep, info, fresh, "changed")
         except OSError:
             os.close(fd)
             raise
-        conn.write(plan.head)
         sent = 0
         parts = plan.parts
         try:
+            conn.write(plan.head)
             for i, (part_head, r) in enumerate(parts):
                 if part_head:
                     conn.write(part_head)
@@ -265,6 +274,25 @@ class OriginHandler:
                 os.close(fd)
         self._done(conn, req, t0, plan.status, sent)
         return keep
+
+    def _stale(
+        self,
+        conn: Connection,
+        req: Request,
+        t0: float,
+        keep: bool,
+        info: ObjectInfo,
+        fresh: bool,
+        why: str,
+    ) -> Answer:
+        self.meta.pop(info.key, None)
+        self.storage.forget(info.key)
+        if fresh:
+            log.warning("event=object_unstable key=%s why=%s", info.key, why)
+            return self._simple(
+                conn, req, t0, 503, "object is being replaced", keep, "Retry-After: 1\r\n"
+            )
+        return self._slow(conn, req, t0, keep, info.key, _marker(info.key))
 
     async def _finish_local(
         self,
@@ -286,7 +314,7 @@ class OriginHandler:
             if plan.closing:
                 conn.write(plan.closing)
             await conn.drain()
-        except ConnectionAborted:
+        except (ConnectionAborted, asyncio.CancelledError):
             self._done(conn, req, t0, 499, sent)
             raise
         finally:
@@ -324,7 +352,7 @@ class OriginHandler:
             return self._simple(conn, req, t0, 404, "not found", keep)
         local = self.storage.local_path(key)
         if local is not None:
-            answer = self._respond_local(conn, req, t0, keep, info, local)
+            answer = self._respond_local(conn, req, t0, keep, info, local, fresh=True)
             if isinstance(answer, bool):
                 await conn.drain()
                 return answer
@@ -357,7 +385,7 @@ class OriginHandler:
             log.warning("event=storage_error op=read key=%s error=%r", key, str(exc))
             self._done(conn, req, t0, 499, sent)
             raise ConnectionAborted(str(exc)) from exc
-        except ConnectionAborted:
+        except (ConnectionAborted, asyncio.CancelledError):
             self._done(conn, req, t0, 499, sent)
             raise
         self._done(conn, req, t0, plan.status, sent)
@@ -380,8 +408,9 @@ class OriginHandler:
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             f"Cache-Control: no-store\r\nConnection: {'keep-alive' if keep else 'close'}\r\n\r\n"
         ).encode()
-        await conn.send(head if req.method == "HEAD" else head + body)
-        self._done(conn, req, t0, 200, len(body))
+        head_only = req.method == "HEAD"
+        await conn.send(head if head_only else head + body)
+        self._done(conn, req, t0, 200, 0 if head_only else len(body))
         return keep
 
 

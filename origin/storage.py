@@ -436,6 +436,10 @@ class Storage(abc.ABC):
         cf.add_done_callback(done)
         return await asyncio.wrap_future(cf)
 
+    def forget(self, key: str) -> None:
+        """Drop cached metadata of ``key`` (the caller saw the object change underneath)."""
+        self._invalidate(key, False)
+
     def _invalidate(self, key: str, is_prefix: bool) -> None:
         self._generation += 1
         if is_prefix:

@@ -78,7 +78,7 @@ async def test_ingest_publish_and_play_through_a_signed_edge(setup: Path, client
     again = await asyncio.to_thread(
         origin_cli, tmp, "ingest", str(tmp / "source.mp4"), "--title", "clip1"
     )
-    assert again.returncode == 1 and "already published" in again.stderr
+    assert again.returncode == 2 and "already published" in again.stderr
 
     runner = web.AppRunner(create_app(load_config(tmp / "origin.yaml")), handle_signals=False)
     await runner.setup()

@@ -357,3 +357,50 @@ def test_origin_example_config_loads(tmp_path):
     for cls in (OriginConfig, StorageConfig, IngestConfig, JobsConfig):
         for f in _dc.fields(cls):
             assert f.name in documented, f"{cls.__name__}.{f.name} is not documented"
+
+
+async def test_file_changed_on_disk_is_served_fresh(origin_server: RunningOrigin, client):
+    await put_title(origin_server.storage, "t1", {"a.m4s": b"A" * 100})
+    url = origin_server.url + "/v/t1/a.m4s"
+    async with client.get(url, headers=auth()) as r:
+        assert await r.read() == b"A" * 100  # metadata now cached
+    (origin_server.root / "v" / "t1" / "a.m4s").write_bytes(b"B" * 50)  # behind storage's back
+    async with client.get(url, headers=auth()) as r:
+        assert r.status == 200
+        body = await r.read()
+        assert body == b"B" * 50
+        assert r.headers["X-Checksum-XXH64"] == xxhash.xxh64_hexdigest(body)
+
+
+async def test_clients_resetting_mid_response_leak_no_descriptors(origin_server: RunningOrigin):
+    import socket
+    import struct
+
+    data = blob(4_000_000, seed=9)
+    await put_title(origin_server.storage, "t1", {"big.mp4": data})
+    path = str(origin_server.root / "v" / "t1" / "big.mp4")
+    port = origin_server.origin.server.port  # type: ignore[union-attr]
+    request = (
+        f"GET /v/t1/big.mp4 HTTP/1.1\r\nHost: o\r\nAuthorization: Bearer {FILL}\r\n\r\n"
+    ).encode()
+    for _ in range(30):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await reader.readexactly(1024)  # the response has started
+        sock = writer.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST with most of the body unsent
+    async with asyncio.timeout(10):
+        while origin_server.origin.server.conns:  # type: ignore[union-attr]
+            await asyncio.sleep(0.02)
+
+    def open_on(p: str) -> int:
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}") == p
+            except OSError:
+                pass
+        return n
+
+    assert open_on(path) == 0
