@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -80,7 +79,9 @@ async def serve(config: OriginConfig) -> None:
 
 
 def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    from .jobs import default_worker_name
+
+    return default_worker_name("origin")
 
 
 async def work(config: OriginConfig, *, job_id: int | None = None, once: bool = False) -> int:
@@ -199,6 +200,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
+        root = config.storage.root
+        if config.storage.backend == "local":
+            probe = root
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            if root.exists() and not root.is_dir():
+                print(
+                    f"configuration error: storage.root: {root} is not a directory", file=sys.stderr
+                )
+                return 2
+            if not os.access(probe, os.W_OK | os.X_OK):
+                print(
+                    f"configuration error: storage.root: {probe} is not writable", file=sys.stderr
+                )
+                return 2
         print(f"configuration ok: listen {config.listen}, storage {config.storage.backend}")
         return 0
     setup_logging(config.log_level)
@@ -206,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         try:
             _run(serve(config))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # a port in use, an unusable storage root, ...
             log.error("event=origin_failed error=%r", str(exc))
             return 1
         return 0
@@ -239,6 +255,18 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
         print(f"wrote {len(titles)} titles under {out} in {time.perf_counter() - t0:.1f}s")
+        if args.out is None:
+            # Written straight into the asset root: announce them like ingested titles.
+            import json
+
+            from .catalog import CatalogFeed
+
+            feed = CatalogFeed(config.catalog_db)
+            for title in titles:
+                manifest = json.loads((out / "v" / title / "manifest.json").read_text())
+                feed.announce(title, manifest)
+            feed.close()
+            print(f"announced {len(titles)} titles in the catalog feed")
         return 0
 
     if args.command == "worker":
