@@ -1,0 +1,232 @@
+"""Typed, frozen configuration of the steering service, validated at start-up.
+
+The fleet comes from config (so a freshly started steering service answers at
+once) and is refined by heartbeats. Every error names the file and the dotted
+key, like the edge's and the origin's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml  # type: ignore[import-untyped,unused-ignore]
+
+from edge.config import Listen, parse_listen
+from edge.units import UnitError, parse_duration
+
+_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+
+
+class ConfigError(ValueError):
+    """An invalid steering configuration; the message names the source and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    name: str
+    latitude: float
+    longitude: float
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    id: str
+    site: str
+    url: str  # the edge's base URL players use, e.g. http://edge1.isp.example:8080
+    weight: float = 1.0  # capacity weight within its site
+    prefixes: tuple[str, ...] = ()  # client prefixes this edge serves (an embedded edge: its ISP's)
+    embedded: bool = False  # an ISP-embedded edge: preferred for its prefixes
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringConfig:
+    listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", 8100))
+    sites: tuple[SiteConfig, ...] = ()
+    edges: tuple[EdgeConfig, ...] = ()
+    origin_url: str | None = None  # last resort in every answer; null leaves it out
+    coverage_zone_file: Path | None = None  # Apache Traffic Control CZF JSON
+    default_site: str | None = None  # when nothing else locates a client
+    heartbeat_credentials_file: Path | None = None  # tokens edges send with heartbeats
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    dead_after: float = 3.0  # seconds without a good signal before an edge leaves answers
+    recover_after: int = 3  # consecutive good signals before a dead edge returns
+    probe_interval: float = 1.0  # seconds between active /healthz probes of each edge
+    bounded_load: float = 1.25  # c: no edge takes more than c times its fair share
+    answer_size: int = 3  # edges per site in a ranked answer
+    steering_ttl: int = 10  # seconds players keep a content steering manifest
+    log_level: str = "info"
+
+
+class _R:
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key}: {msg}")
+
+    def mapping(self, raw: object, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise self.fail(key or "(top level)", f"expected a mapping, got {type(raw).__name__}")
+        for k in raw:
+            if k not in allowed:
+                close = difflib.get_close_matches(str(k), allowed, n=1)
+                hint = f'; did you mean "{close[0]}"?' if close else ""
+                raise self.fail(f"{key}.{k}" if key else str(k), f"unknown key{hint}")
+        return raw
+
+    def ident(self, v: object, key: str) -> str:
+        if not isinstance(v, str) or not _ID.match(v):
+            raise self.fail(key, f"expected an id of [A-Za-z0-9._-], 1-64 characters, got {v!r}")
+        return v
+
+    def number(self, v: object, key: str, lo: float, hi: float) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise self.fail(key, f"expected a number from {lo:g} to {hi:g}, got {v!r}")
+        return float(v)
+
+    def duration(self, v: object, key: str, lo: float, hi: float) -> float:
+        try:
+            if isinstance(v, bool):
+                raise UnitError("bool")
+            n = parse_duration(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
+        except (UnitError, TypeError, ValueError):
+            raise self.fail(key, f"expected a duration like 3s, got {v!r}") from None
+        if not lo <= n <= hi:
+            raise self.fail(key, f"expected {lo:g}s to {hi:g}s, got {n:g}s")
+        return n
+
+    def url(self, v: object, key: str) -> str:
+        if not isinstance(v, str):
+            raise self.fail(key, f"expected an http(s) URL, got {v!r}")
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment:
+            raise self.fail(key, f"expected an http(s) URL without query, got {v!r}")
+        return v.rstrip("/")
+
+    def file(self, v: object, key: str) -> Path | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or not os.access(v, os.R_OK):
+            raise self.fail(key, f"{v!r} does not exist or is not readable")
+        return Path(os.path.abspath(v))
+
+
+TOP = (
+    "listen", "sites", "edges", "origin_url", "coverage_zone_file", "default_site",
+    "heartbeat_credentials_file", "trusted_proxies", "dead_after", "recover_after",
+    "probe_interval", "bounded_load", "answer_size", "steering_ttl", "log_level",
+)  # fmt: skip
+
+
+def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> SteeringConfig:
+    source = str(path) if path is not None else "<no config file>"
+    raw: object = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}:{where}: invalid YAML") from None
+    r = _R(source)
+    top = {**r.mapping(raw, "", TOP), **(overrides or {})}
+    try:
+        listen = parse_listen(str(top.get("listen", "127.0.0.1:8100")))
+    except ValueError as exc:
+        raise r.fail("listen", str(exc)) from None
+
+    sites = []
+    for i, s in enumerate(top.get("sites") or []):
+        key = f"sites[{i}]"
+        d = r.mapping(s, key, ("name", "latitude", "longitude"))
+        sites.append(
+            SiteConfig(
+                name=r.ident(d.get("name"), f"{key}.name"),
+                latitude=r.number(d.get("latitude"), f"{key}.latitude", -90, 90),
+                longitude=r.number(d.get("longitude"), f"{key}.longitude", -180, 180),
+            )
+        )
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names):
+        raise r.fail("sites", "site names must be unique")
+
+    edges = []
+    for i, e in enumerate(top.get("edges") or []):
+        key = f"edges[{i}]"
+        d = r.mapping(e, key, ("id", "site", "url", "weight", "prefixes", "embedded"))
+        site = r.ident(d.get("site"), f"{key}.site")
+        if site not in names:
+            raise r.fail(
+                f"{key}.site", f"unknown site {site!r} (sites: {', '.join(names) or 'none'})"
+            )
+        prefixes = d.get("prefixes") or []
+        if not isinstance(prefixes, list):
+            raise r.fail(f"{key}.prefixes", "expected a list of CIDRs")
+        for j, p in enumerate(prefixes):
+            try:
+                ipaddress.ip_network(str(p), strict=False)
+            except ValueError:
+                raise r.fail(f"{key}.prefixes[{j}]", f"not a CIDR: {p!r}") from None
+        embedded = d.get("embedded", False)
+        if not isinstance(embedded, bool):
+            raise r.fail(f"{key}.embedded", f"expected true or false, got {embedded!r}")
+        edges.append(
+            EdgeConfig(
+                id=r.ident(d.get("id"), f"{key}.id"),
+                site=site,
+                url=r.url(d.get("url"), f"{key}.url"),
+                weight=r.number(d.get("weight", 1.0), f"{key}.weight", 0.01, 1000),
+                prefixes=tuple(str(p) for p in prefixes),
+                embedded=embedded,
+            )
+        )
+    ids = [e.id for e in edges]
+    if len(set(ids)) != len(ids):
+        raise r.fail("edges", "edge ids must be unique")
+
+    proxies = top.get("trusted_proxies") or []
+    if not isinstance(proxies, list):
+        raise r.fail("trusted_proxies", "expected a list of CIDRs")
+    for j, p in enumerate(proxies):
+        try:
+            ipaddress.ip_network(str(p), strict=False)
+        except ValueError:
+            raise r.fail(f"trusted_proxies[{j}]", f"not a CIDR: {p!r}") from None
+    default_site = top.get("default_site")
+    if default_site is not None and default_site not in names:
+        raise r.fail("default_site", f"unknown site {default_site!r}")
+    level = top.get("log_level", "info")
+    if level not in ("debug", "info", "warning", "error"):
+        raise r.fail("log_level", f"expected debug, info, warning or error, got {level!r}")
+    origin = top.get("origin_url")
+    return SteeringConfig(
+        listen=listen,
+        sites=tuple(sites),
+        edges=tuple(edges),
+        origin_url=r.url(origin, "origin_url") if origin is not None else None,
+        coverage_zone_file=r.file(top.get("coverage_zone_file"), "coverage_zone_file"),
+        default_site=default_site,
+        heartbeat_credentials_file=r.file(
+            top.get("heartbeat_credentials_file"), "heartbeat_credentials_file"
+        ),
+        trusted_proxies=tuple(str(p) for p in proxies),
+        dead_after=r.duration(top.get("dead_after", 3.0), "dead_after", 0.5, 600),
+        recover_after=int(r.number(top.get("recover_after", 3), "recover_after", 1, 100)),
+        probe_interval=r.duration(top.get("probe_interval", 1.0), "probe_interval", 0.1, 60),
+        bounded_load=r.number(top.get("bounded_load", 1.25), "bounded_load", 1.0, 10.0),
+        answer_size=int(r.number(top.get("answer_size", 3), "answer_size", 1, 32)),
+        steering_ttl=int(r.number(top.get("steering_ttl", 10), "steering_ttl", 1, 3600)),
+        log_level=level,
+    )
