@@ -10,6 +10,7 @@ down stops them in reverse: drain the data plane, cancel fills, close files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -54,6 +55,8 @@ class Edge:
         self.verifier: TokenVerifier | None = None
         self.key_mtime = 0.0
         self.draining = False
+        self.heartbeats_sent = 0
+        self.heartbeat_failures = 0
         self.started_at = time.time()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EdgeCollector(self.snapshot))
@@ -160,6 +163,7 @@ def create_app(config: EdgeConfig) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_server_ctx)
+    app.cleanup_ctx.append(_heartbeat_ctx)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_post("/admin/drain", _drain)
@@ -252,6 +256,71 @@ async def _server_ctx(app: web.Application) -> AsyncIterator[None]:
     watcher.cancel()
     edge.set_draining(True)
     await server.stop(cfg.limits.drain_timeout)
+
+
+def heartbeat_doc(edge: Edge) -> dict[str, Any]:
+    """What steering learns about this edge every ``steering.interval`` seconds."""
+    cfg = edge.config
+    health = edge.health()
+    server, store = edge.server, edge.store
+    conns = len(server.conns) if server else 0
+    egress = server.egress_rate if server else 0.0
+    load = conns / cfg.limits.max_connections
+    if cfg.limits.max_egress:
+        load = max(load, egress / cfg.limits.max_egress)
+    return {
+        "edge_id": cfg.node_id,
+        "site": cfg.site,
+        "state": health.state,
+        "reasons": list(health.reasons),
+        "draining": edge.draining,
+        "load": round(load, 4),
+        "connections": conns,
+        "egress_bps": round(egress * 8),
+        "disk_used": store.used if store else 0,
+        "disk_capacity": store.capacity if store else 0,
+        "cached_bytes": store.used if store else 0,
+        "sent_at": time.time(),
+    }
+
+
+async def _heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
+    edge = app[EDGE]
+    cfg = edge.config.steering
+    if cfg.url is None:
+        yield
+        return
+    headers = {}
+    if cfg.credential_file is not None:
+        headers["Authorization"] = f"Bearer {read_credential(Path(cfg.credential_file))}"
+    timeout = aiohttp.ClientTimeout(total=max(cfg.interval, 1.0))
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+        task = asyncio.get_running_loop().create_task(_send_heartbeats(edge, session, cfg.url))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _send_heartbeats(edge: Edge, session: aiohttp.ClientSession, url: str) -> None:
+    interval = edge.config.steering.interval
+    failing = False
+    while True:
+        try:
+            async with session.post(url + "/heartbeat", json=heartbeat_doc(edge)) as r:
+                ok = r.status < 300
+                detail = f"status {r.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            ok, detail = False, str(exc) or type(exc).__name__
+        edge.heartbeats_sent += ok
+        edge.heartbeat_failures += not ok
+        if ok == failing:  # log transitions only, not every beat
+            failing = not ok
+            if failing:
+                log.warning("event=heartbeat_failing url=%s detail=%r", url, detail)
+            else:
+                log.info("event=heartbeat_ok url=%s", url)
+        await asyncio.sleep(interval)
 
 
 async def _housekeeping(edge: Edge) -> None:

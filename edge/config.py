@@ -59,6 +59,7 @@ __all__ = [
     "Listen",
     "LogConfig",
     "SigningConfig",
+    "SteeringConfig",
     "UpstreamConfig",
     "add_config_arguments",
     "config_from_args",
@@ -179,6 +180,15 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SteeringConfig:
+    # The steering service's base URL; heartbeats go to <url>/heartbeat. None: no heartbeats.
+    url: str | None = None
+    # File holding the heartbeat credential, sent as "Authorization: Bearer <token>".
+    credential_file: Path | None = None
+    interval: float = 1.0  # seconds between heartbeats
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"  # one of LOG_LEVELS
     access_log: bool = True
@@ -201,6 +211,7 @@ class EdgeConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     signing: SigningConfig = SigningConfig()
     limits: LimitsConfig = LimitsConfig()
+    steering: SteeringConfig = SteeringConfig()
     log: LogConfig = LogConfig()
 
 
@@ -214,6 +225,7 @@ _SECTIONS: Final[dict[str, type]] = {
     "cache.dirs[]": CacheDir,
     "signing": SigningConfig,
     "limits": LimitsConfig,
+    "steering": SteeringConfig,
     "log": LogConfig,
 }
 
@@ -614,6 +626,7 @@ def _build(ctx: _Context, raw: object) -> EdgeConfig:
         cache=_build_cache(top.section("cache", CacheConfig)),
         signing=_build_signing(top.section("signing", SigningConfig)),
         limits=_build_limits(top.section("limits", LimitsConfig)),
+        steering=_build_steering(top.section("steering", SteeringConfig)),
         log=_build_log(top.section("log", LogConfig)),
     )
 
@@ -748,6 +761,22 @@ def _build_limits(sec: _Section) -> LimitsConfig:
         ),
         max_ranges=sec.get("max_ranges", lambda k, v: _integer(ctx, k, v, 1, 1000), d.max_ranges),
         drain_timeout=duration("drain_timeout", d.drain_timeout, allow_zero=True),
+    )
+
+
+def _build_steering(sec: _Section) -> SteeringConfig:
+    ctx = sec.ctx
+
+    def _http_url(k: str, v: object) -> str:
+        url = _url(ctx, k, v)
+        if not url.startswith(("http://", "https://")):
+            raise ctx.error(k, f"expected an http:// or https:// URL, got {url!r}")
+        return url
+
+    return SteeringConfig(
+        url=sec.get("url", _http_url, None),
+        credential_file=sec.get("credential_file", lambda k, v: _credential_file(ctx, k, v), None),
+        interval=sec.get("interval", lambda k, v: _duration(ctx, k, v), 1.0),
     )
 
 
