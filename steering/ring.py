@@ -194,11 +194,18 @@ class BoundedLoads:
     Not thread-safe; steering keeps one per site inside its event loop.
     """
 
-    __slots__ = ("_c", "_caps", "_loads", "_ring", "_total", "loads")
+    __slots__ = ("_c", "_caps", "_loads", "_min", "_ring", "_total", "loads")
 
-    def __init__(self, ring: Ring, c: float = 1.25) -> None:
+    def __init__(self, ring: Ring, c: float = 1.25, *, min_bound: int = 1) -> None:
+        """``min_bound``: every member may take at least this much load before it spills.
+        With few units in play the ceiling bound is tiny (at total 1 it is 1 for all but the
+        biggest share), which would send a title's second viewer elsewhere for no reason:
+        stickiness matters more than balance until a site carries real load."""
         if not (isinstance(c, int | float) and math.isfinite(c) and c >= 1.0):
             raise ValueError(f"c must be a finite number >= 1, got {c!r}")
+        if min_bound < 1:
+            raise ValueError(f"min_bound must be >= 1, got {min_bound!r}")
+        self._min = min_bound
         self._ring = ring
         self._c = float(c)
         # c * share precomputed per member in ring order: the bound is this times (total + 1).
@@ -222,10 +229,10 @@ class BoundedLoads:
     def bound(self, member: str) -> int:
         """The most load ``member`` may have after the next assignment."""
         i = self._ring._index[member]
-        return math.ceil(self._caps[i] * (self._total + 1))
+        return max(self._min, math.ceil(self._caps[i] * (self._total + 1)))
 
     def _fits(self, i: int, nxt: int) -> bool:
-        return self._loads[i] + 1 <= math.ceil(self._caps[i] * nxt)
+        return self._loads[i] + 1 <= max(self._min, math.ceil(self._caps[i] * nxt))
 
     def assign(self, key: str) -> str:
         """Pick a member for ``key`` and count one unit of load on it."""

@@ -1,0 +1,387 @@
+"""The steering service: ``create_app(config)`` wires fleet health, locality and rings.
+
+Routes (JSON unless noted):
+
+- ``GET /v1/steer?key=K[&client=IP]``: the ranked answer for one content key: the client's
+  site's edges in ring order (bounded loads; degraded/overloaded edges later), then the
+  next-closest sites', then the origin, each with the reason it is there. ``client`` is the
+  player's address as the control plane saw it; without it the request's own address (or a
+  trusted proxy's X-Forwarded-For) is used.
+- ``GET /v1/steering/hls?key=K&client=IP`` and ``/v1/steering/dash?...``: HLS and DASH
+  Content Steering manifests for players (pathway = edge id), reloaded every ``steering_ttl``.
+- ``POST /heartbeat``: an edge's heartbeat, with a Bearer heartbeat credential.
+- ``GET /fleet``: every edge's health, load, last heartbeat and reason, for operators.
+- ``GET /healthz``, ``GET /metrics``.
+
+Edges are probed actively (``GET <edge>/healthz`` every ``probe_interval``) besides their
+heartbeats; ``Fleet.tick`` runs four times a second so a dead edge leaves answers within
+``dead_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from edge.metrics import Histogram
+
+from .config import EdgeConfig, SteeringConfig
+from .health import Fleet, Heartbeat, UnknownEdge
+from .ring import BoundedLoads, Member, Ring
+
+log = logging.getLogger("steering")
+
+WINDOW = 10.0  # seconds over which bounded loads count decisions
+
+
+def read_tokens(path: Path) -> list[str]:
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+
+
+class Steering:
+    def __init__(self, config: SteeringConfig, *, clock: Any = time.time) -> None:
+        # Wall time: heartbeats carry the edge's wall clock and the fleet checks their skew.
+        self.config = config
+        self.clock = clock
+        self.edges: dict[str, EdgeConfig] = {e.id: e for e in config.edges}
+        self.fleet = Fleet(
+            self.edges,
+            clock=clock,
+            dead_after=config.dead_after,
+            recover_after=config.recover_after,
+        )
+        self.locator = self._locator()
+        self.bounded: dict[str, BoundedLoads] = {}
+        self.usable_key: dict[str, tuple[str, ...]] = {}
+        self.window_start = clock()
+        self.decisions: dict[str, int] = {}
+        self.latency = Histogram()
+        self.transitions = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    def _locator(self) -> Any:
+        from .locality import EdgePrefixes, Locator, Site, load_czf
+
+        czf = None
+        if self.config.coverage_zone_file is not None:
+            czf = load_czf(Path(self.config.coverage_zone_file))
+        return Locator(
+            [Site(s.name, s.latitude, s.longitude) for s in self.config.sites],
+            [EdgePrefixes(e.id, e.site, e.prefixes, e.embedded) for e in self.config.edges],
+            czf,
+            default_site=self.config.default_site
+            or (self.config.sites[0].name if self.config.sites else None),
+        )
+
+    # -- choosing ------------------------------------------------------------------------
+
+    def _site_loads(self, site: str) -> BoundedLoads | None:
+        usable = tuple(
+            e.id for e in self.config.edges if e.site == site and self.fleet.usable(e.id)
+        )
+        if not usable:
+            return None
+        now = self.clock()
+        if now - self.window_start > WINDOW:
+            # A new window: loads are decisions per window, so old ones stop counting.
+            self.bounded.clear()
+            self.window_start = now
+        if self.usable_key.get(site) != usable or site not in self.bounded:
+            ring = Ring(Member(i, self.edges[i].weight) for i in usable)
+            # Bounded loads act once a site carries real load: below ~8 decisions per edge in
+            # the window, a title simply stays on its edge (cache locality first).
+            self.bounded[site] = BoundedLoads(ring, self.config.bounded_load, min_bound=8)
+            self.usable_key[site] = usable
+        return self.bounded[site]
+
+    def steer(self, key: str, client: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        where = self.locator.locate(client)
+        answer: list[dict[str, Any]] = []
+        sites = [where.site, *[s for s in where.sites_by_distance if s != where.site]]
+        for n, site in enumerate(sites):
+            loads = self._site_loads(site)
+            if loads is None:
+                continue
+            if n == 0:
+                first = loads.assign(key)
+                order = [first, *[m for m in loads.ranked(key) if m != first]]
+            else:
+                order = loads.ring.rank(key)
+            preferred = set(where.edge_ids_preferred) if n == 0 else set()
+            # Stable: ring order, but edges that serve the client's prefix first and edges
+            # reporting trouble (degraded, overloaded) last.
+            order.sort(key=lambda e: (e not in preferred, self.fleet.penalty(e)))
+            for e in order[: self.config.answer_size]:
+                if n == 0:
+                    why = where.reason if e in preferred else f"{where.reason}; ring order"
+                else:
+                    why = f"fallback site {site}"
+                penalty = self.fleet.penalty(e)
+                if penalty:
+                    why += f"; ranked lower: {self.fleet.state(e).name.lower()}"
+                answer.append({"edge": e, "site": site, "url": self.edges[e].url, "reason": why})
+        if self.config.origin_url is not None:
+            answer.append(
+                {
+                    "edge": "origin",
+                    "site": None,
+                    "url": self.config.origin_url,
+                    "reason": "last resort",
+                }
+            )
+        outcome = (
+            "local"
+            if answer and answer[0]["site"] == where.site
+            else ("fallback" if answer and answer[0]["site"] else "origin" if answer else "none")
+        )
+        self.decisions[outcome] = self.decisions.get(outcome, 0) + 1
+        self.latency.observe(time.perf_counter() - t0)
+        return {
+            "key": key,
+            "client": str(client),
+            "site": where.site,
+            "reason": where.reason,
+            "edges": answer,
+        }
+
+    # -- health ----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        for t in self.fleet.tick():
+            self.transitions += 1
+            log.info(
+                "event=edge_transition edge=%s from=%s to=%s reason=%r",
+                t.edge_id,
+                t.old.name.lower(),
+                t.new.name.lower(),
+                t.reason,
+            )
+
+
+class _Collector(Collector):
+    def __init__(self, s: Steering) -> None:
+        self.s = s
+
+    def collect(self) -> Any:
+        c = CounterMetricFamily("steering_decisions", "Answers by outcome", labels=["outcome"])
+        for k, v in sorted(self.s.decisions.items()):
+            c.add_metric([k], v)
+        yield c
+        h = HistogramMetricFamily("steering_decision_seconds", "Time to compute an answer")
+        h.add_metric([], self.s.latency.cumulative(), self.s.latency.sum)
+        yield h
+        g = GaugeMetricFamily("steering_edges", "Edges by health state", labels=["state"])
+        for k, v in sorted(self.s.fleet.counts.items()):
+            g.add_metric([k], v)
+        yield g
+        yield CounterMetricFamily(
+            "steering_transitions", "Edge health transitions", value=self.s.transitions
+        )
+
+
+STEERING = web.AppKey("steering", Steering)
+
+
+def create_app(config: SteeringConfig) -> web.Application:
+    app = web.Application()
+    app[STEERING] = Steering(config)
+    app.cleanup_ctx.append(_background)
+    app.router.add_get("/v1/steer", _steer)
+    app.router.add_get("/v1/steering/hls", _hls)
+    app.router.add_get("/v1/steering/dash", _dash)
+    app.router.add_post("/heartbeat", _heartbeat)
+    app.router.add_get("/fleet", _fleet)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    s = app[STEERING]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
+        tasks = [asyncio.get_running_loop().create_task(_ticker(s))]
+        tasks += [
+            asyncio.get_running_loop().create_task(_prober(s, session, e)) for e in s.config.edges
+        ]
+        yield
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+async def _ticker(s: Steering) -> None:
+    while True:
+        s.tick()
+        await asyncio.sleep(0.25)
+
+
+async def _prober(s: Steering, session: aiohttp.ClientSession, edge: EdgeConfig) -> None:
+    while True:
+        try:
+            async with session.get(edge.url + "/healthz") as r:
+                ok = r.status == 200
+                detail = f"status {r.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            ok, detail = False, str(exc) or type(exc).__name__
+        s.fleet.probe_result(edge.id, ok, detail)
+        await asyncio.sleep(s.config.probe_interval)
+
+
+# -- handlers -----------------------------------------------------------------------------------
+
+
+def _client(request: web.Request, s: Steering) -> Any:
+    from .locality import LocalityError, parse_client_address
+
+    given = request.query.get("client")
+    try:
+        if given is not None:
+            return parse_client_address(given, None, ())
+        proxies = [ipaddress.ip_network(p, strict=False) for p in s.config.trusted_proxies]
+        return parse_client_address(
+            request.remote or "", request.headers.get("X-Forwarded-For"), proxies
+        )
+    except LocalityError as exc:
+        raise web.HTTPBadRequest(text=f"client address: {exc}\n") from exc
+
+
+def _key(request: web.Request) -> str:
+    key = request.query.get("key", "")
+    if not key or len(key) > 1024 or any(ord(c) < 32 for c in key):
+        raise web.HTTPBadRequest(text="query parameter 'key' (the content key) is required\n")
+    return key
+
+
+async def _steer(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    return web.json_response(s.steer(_key(request), _client(request, s)))
+
+
+def _pathways(request: web.Request) -> tuple[Steering, dict[str, Any], str]:
+    s = request.app[STEERING]
+    key = _key(request)
+    client = _client(request, s)
+    answer = s.steer(key, client)
+    reload = str(request.url.with_query(urlencode({"key": key, "client": str(client)})))
+    return s, answer, reload
+
+
+async def _hls(request: web.Request) -> web.Response:
+    from .manifests import PathwayClone, hls_steering, pathway_id
+
+    s, answer, reload = _pathways(request)
+    base = request.query.get("base", "origin")
+    edges = [e for e in answer["edges"] if e["edge"] != "origin"]
+    clones = [
+        PathwayClone(base_id=base, id=pathway_id(e["edge"]), host=urlsplit(e["url"]).netloc)
+        for e in edges
+    ]
+    priority = [pathway_id(e["edge"]) for e in edges]
+    if any(e["edge"] == "origin" for e in answer["edges"]):
+        priority.append(base)
+    doc = hls_steering(priority, ttl=s.config.steering_ttl, reload_uri=reload, clones=clones)
+    return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
+
+async def _dash(request: web.Request) -> web.Response:
+    from .manifests import PathwayClone, dash_steering, pathway_id
+
+    s, answer, reload = _pathways(request)
+    base = request.query.get("base", "origin")
+    edges = [e for e in answer["edges"] if e["edge"] != "origin"]
+    clones = [
+        PathwayClone(base_id=base, id=pathway_id(e["edge"]), host=urlsplit(e["url"]).netloc)
+        for e in edges
+    ]
+    locations = [pathway_id(e["edge"]) for e in edges] + [base]
+    doc = dash_steering(locations, ttl=s.config.steering_ttl, reload_uri=reload, clones=clones)
+    return web.json_response(doc, headers={"Cache-Control": "no-store"})
+
+
+async def _heartbeat(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    path = s.config.heartbeat_credentials_file
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    tokens = read_tokens(Path(path)) if path is not None else []
+    if scheme.lower() != "bearer" or not any(
+        hmac.compare_digest(token.strip().encode(), t.encode()) for t in tokens
+    ):
+        raise web.HTTPUnauthorized(text="heartbeat credential required\n")
+    try:
+        doc = await request.json()
+        hb = Heartbeat(
+            edge_id=str(doc["edge_id"]),
+            state="draining" if doc.get("draining") else str(doc.get("state", "ok")),
+            load=float(doc.get("load", 0.0)),
+            egress_bps=float(doc.get("egress_bps", 0.0)),
+            disk_used=int(doc.get("disk_used", 0)),
+            disk_capacity=int(doc.get("disk_capacity", 0)),
+            cached_bytes=int(doc.get("cached_bytes", 0)),
+            sent_at=float(doc.get("sent_at", time.time())),
+        )
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise web.HTTPBadRequest(text=f"malformed heartbeat: {exc}\n") from exc
+    try:
+        s.fleet.heartbeat(hb)
+    except UnknownEdge as exc:
+        raise web.HTTPForbidden(text=f"unknown edge {hb.edge_id!r}\n") from exc
+    s.tick()
+    return web.json_response({"ok": True, "state": s.fleet.state(hb.edge_id).name.lower()})
+
+
+async def _fleet(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    out = []
+    for h in s.fleet.snapshot():
+        e = s.edges[h.edge_id]
+        out.append(
+            {
+                "edge": h.edge_id,
+                "site": e.site,
+                "url": e.url,
+                "state": h.state.name.lower(),
+                "reason": h.reason,
+                "load": h.load,
+                "last_heartbeat_age": None
+                if h.last_heartbeat is None
+                else round(s.clock() - h.last_heartbeat, 3),
+                "transitions": h.transitions,
+            }
+        )
+    return web.json_response({"edges": out})
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    return web.json_response({"state": "ok", "edges": s.fleet.counts})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    return web.Response(
+        body=generate_latest(s.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
