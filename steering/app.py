@@ -290,8 +290,11 @@ def _pathways(request: web.Request) -> tuple[Steering, dict[str, Any], str]:
     return s, answer, reload
 
 
-async def _hls(request: web.Request) -> web.Response:
-    from .manifests import PathwayClone, hls_steering, pathway_id
+def _steering_doc(request: web.Request, dash: bool) -> dict[str, Any]:
+    """A content steering manifest: pathway (DASH: service location) = edge id, each a clone
+    of the playlist's base pathway with the edge's host, in the ranked answer's order; the
+    base (the origin's host in the playlist) stays last when the answer ends with the origin."""
+    from .manifests import PathwayClone, dash_steering, hls_steering, pathway_id
 
     s, answer, reload = _pathways(request)
     base = request.query.get("base", "origin")
@@ -301,24 +304,19 @@ async def _hls(request: web.Request) -> web.Response:
         for e in edges
     ]
     priority = [pathway_id(e["edge"]) for e in edges]
-    if any(e["edge"] == "origin" for e in answer["edges"]):
+    if dash or any(e["edge"] == "origin" for e in answer["edges"]):
         priority.append(base)
-    doc = hls_steering(priority, ttl=s.config.steering_ttl, reload_uri=reload, clones=clones)
+    build = dash_steering if dash else hls_steering
+    return build(priority, ttl=s.config.steering_ttl, reload_uri=reload, clones=clones)
+
+
+async def _hls(request: web.Request) -> web.Response:
+    doc = _steering_doc(request, dash=False)
     return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
 
 async def _dash(request: web.Request) -> web.Response:
-    from .manifests import PathwayClone, dash_steering, pathway_id
-
-    s, answer, reload = _pathways(request)
-    base = request.query.get("base", "origin")
-    edges = [e for e in answer["edges"] if e["edge"] != "origin"]
-    clones = [
-        PathwayClone(base_id=base, id=pathway_id(e["edge"]), host=urlsplit(e["url"]).netloc)
-        for e in edges
-    ]
-    locations = [pathway_id(e["edge"]) for e in edges] + [base]
-    doc = dash_steering(locations, ttl=s.config.steering_ttl, reload_uri=reload, clones=clones)
+    doc = _steering_doc(request, dash=True)
     return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
 
