@@ -19,7 +19,18 @@ from .config import ConfigError, SteeringConfig, load_config
 log = logging.getLogger("steering")
 
 
-async def serve(config: SteeringConfig) -> None:
+def _reload(app: object, path: Path | None) -> None:
+    from .app import reload_app
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        log.error("event=reload_failed error=%r note=%r", str(exc), "kept the last good state")
+        return
+    reload_app(app, config)  # type: ignore[arg-type]
+
+
+async def serve(config: SteeringConfig, path: Path | None = None) -> None:
     from aiohttp import web
 
     from .app import create_app
@@ -32,6 +43,7 @@ async def serve(config: SteeringConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, runner.app, path)
     addrs = ",".join(f"{a[0]}:{a[1]}" for a in runner.addresses)
     log.info("event=steering_ready listen=%s edges=%d", addrs, len(config.edges))
     await stop.wait()
@@ -72,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, args.config))
     except OSError as exc:
         log.error("event=steering_failed error=%r", str(exc))
         return 1

@@ -166,6 +166,23 @@ class Steering:
             "edges": answer,
         }
 
+    def reload(self, config: SteeringConfig) -> None:
+        """Apply a new configuration; raises (keeping everything as it was) if it is unusable.
+
+        Health of edges that stay is kept; new edges start UNKNOWN (usable at once).
+        """
+        self.config, old_config = config, self.config
+        try:
+            locator = self._locator()
+        except Exception:
+            self.config = old_config
+            raise
+        self.locator = locator
+        self.edges = {e.id: e for e in config.edges}
+        self.fleet.set_edges(self.edges)
+        self.bounded.clear()
+        self.usable_key.clear()
+
     # -- health ----------------------------------------------------------------------------
 
     def tick(self) -> None:
@@ -202,6 +219,21 @@ class _Collector(Collector):
 
 
 STEERING = web.AppKey("steering", Steering)
+PROBERS = web.AppKey("probers", object)
+
+
+def reload_app(app: web.Application, config: SteeringConfig) -> None:
+    """SIGHUP: apply ``config``, or log why not and keep the last good state."""
+    s = app[STEERING]
+    try:
+        s.reload(config)
+    except Exception as exc:
+        log.error("event=reload_failed error=%r note=%r", str(exc), "kept the last good state")
+        return
+    sync = app.get(PROBERS)
+    if callable(sync):
+        sync()
+    log.info("event=reloaded sites=%d edges=%d", len(config.sites), len(config.edges))
 
 
 def create_app(config: SteeringConfig) -> web.Application:
@@ -220,15 +252,26 @@ def create_app(config: SteeringConfig) -> web.Application:
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     s = app[STEERING]
+    loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0)) as session:
-        tasks = [asyncio.get_running_loop().create_task(_ticker(s))]
-        tasks += [
-            asyncio.get_running_loop().create_task(_prober(s, session, e)) for e in s.config.edges
-        ]
+        ticker = loop.create_task(_ticker(s))
+        probers: dict[str, asyncio.Task[None]] = {}
+
+        def sync_probers() -> None:
+            # One prober per configured edge; a reload adds and removes them.
+            for edge_id in list(probers):
+                if edge_id not in s.edges:
+                    probers.pop(edge_id).cancel()
+            for e in s.config.edges:
+                if e.id not in probers:
+                    probers[e.id] = loop.create_task(_prober(s, session, e.id))
+
+        sync_probers()
+        app[PROBERS] = sync_probers
         yield
-        for t in tasks:
+        for t in [ticker, *probers.values()]:
             t.cancel()
-        for t in tasks:
+        for t in [ticker, *probers.values()]:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
@@ -239,8 +282,11 @@ async def _ticker(s: Steering) -> None:
         await asyncio.sleep(0.25)
 
 
-async def _prober(s: Steering, session: aiohttp.ClientSession, edge: EdgeConfig) -> None:
+async def _prober(s: Steering, session: aiohttp.ClientSession, edge_id: str) -> None:
     while True:
+        edge = s.edges.get(edge_id)
+        if edge is None:
+            return
         try:
             async with session.get(edge.url + "/healthz") as r:
                 ok = r.status == 200

@@ -224,3 +224,37 @@ async def test_metrics_and_healthz(fleet, client):
         assert name in text
     async with client.get(url + "/healthz") as r:
         assert r.status == 200
+
+
+async def test_reload_applies_a_good_config_and_keeps_the_last_good_state(fleet, client, tmp_path):
+    import dataclasses
+
+    from steering.config import EdgeConfig
+
+    s, _, url = fleet
+    extra = ScriptedEdge()
+    await extra.start()
+    try:
+        good = dataclasses.replace(
+            s.config,
+            edges=(
+                *s.config.edges,
+                EdgeConfig("fra2", "frankfurt", f"http://127.0.0.1:{extra.port}"),
+            ),
+        )
+        broken_czf = tmp_path / "broken.json"
+        broken_czf.write_text('{"coverageZones": {"z": {"network": ["not-a-cidr"]}}}')
+        bad = dataclasses.replace(good, coverage_zone_file=broken_czf)
+        with pytest.raises(ValueError):
+            s.reload(bad)
+        assert "fra2" not in s.edges and s.config.coverage_zone_file is None  # unchanged
+        s.reload(good)
+        found = False
+        for i in range(100):
+            doc = await steer(client, url, f"/v/r{i}/")
+            if any(e["edge"] == "fra2" for e in doc["edges"]):
+                found = True
+                break
+        assert found
+    finally:
+        await extra.stop()
