@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from steering.config import ConfigError, EdgeConfig, SiteConfig, SteeringConfig, load_config
+
+from .conftest import free_port, subprocess_env
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "steering.example.yaml"
 
@@ -64,3 +72,64 @@ def test_errors_name_file_and_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as info:
         load_config(f)
     assert str(f) in str(info.value) and key in str(info.value), str(info.value)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "steering", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+
+
+def test_check_config_cli(tmp_path):
+    ok = _cli("check-config", "--config", str(EXAMPLE))
+    assert ok.returncode == 0 and "4 edges" in ok.stdout, ok.stderr
+    broken = tmp_path / "czf.json"
+    broken.write_text('{"coverageZones": {"z": {"network": ["999.0.0.0/8"]}}}')
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"coverage_zone_file: {broken}\n")
+    bad = _cli("check-config", "--config", str(cfg))
+    assert (
+        bad.returncode == 2 and "coverage_zone_file" in bad.stderr and "999.0.0.0/8" in bad.stderr
+    )
+
+
+def test_serve_cli_answers_and_stops(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "steering",
+            "serve",
+            "--config",
+            str(EXAMPLE),
+            "-a",
+            f"127.0.0.1:{port}",
+        ],
+        env=subprocess_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/v1/steer?key=/v/t1/&client=203.0.113.5", timeout=2
+                ) as r:
+                    doc = json.load(r)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        assert doc["edges"][0]["edge"] == "isp-a-1"  # the embedded edge owns 203.0.113.0/24
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
