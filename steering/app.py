@@ -64,6 +64,7 @@ class Steering:
         self.config = config
         self.clock = clock
         self.edges: dict[str, EdgeConfig] = {e.id: e for e in config.edges}
+        self.site_edges = _by_site(config)
         self.fleet = Fleet(
             self.edges,
             clock=clock,
@@ -97,9 +98,7 @@ class Steering:
     # -- choosing ------------------------------------------------------------------------
 
     def _site_loads(self, site: str) -> BoundedLoads | None:
-        usable = tuple(
-            e.id for e in self.config.edges if e.site == site and self.fleet.usable(e.id)
-        )
+        usable = tuple(e for e in self.site_edges.get(site, ()) if self.fleet.usable(e))
         if not usable:
             return None
         now = self.clock()
@@ -179,6 +178,7 @@ class Steering:
             raise
         self.locator = locator
         self.edges = {e.id: e for e in config.edges}
+        self.site_edges = _by_site(config)
         self.fleet.set_edges(self.edges)
         self.bounded.clear()
         self.usable_key.clear()
@@ -195,6 +195,13 @@ class Steering:
                 t.new.name.lower(),
                 t.reason,
             )
+
+
+def _by_site(config: SteeringConfig) -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for e in config.edges:
+        out.setdefault(e.site, []).append(e.id)
+    return {site: tuple(ids) for site, ids in out.items()}
 
 
 class _Collector(Collector):
