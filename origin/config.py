@@ -8,17 +8,15 @@ every default: local storage under ``var/origin``, listening on 127.0.0.1:8000.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped,unused-ignore]
-
 from edge.config import Listen, parse_listen
 from edge.units import UnitError, parse_duration, parse_size
+from edge.yamlconfig import KeyChecker, read_yaml
 
 
 class ConfigError(ValueError):
@@ -111,25 +109,9 @@ def read_tokens(path: Path) -> list[str]:
     return tokens
 
 
-class _Reader:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {msg}")
-
+class _Reader(KeyChecker):
     def section(self, raw: object, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise self.fail(key or "(top level)", f"expected a mapping, got {type(raw).__name__}")
-        for k in raw:
-            if k not in allowed:
-                close = difflib.get_close_matches(str(k), allowed, n=1)
-                hint = f'; did you mean "{close[0]}"?' if close else ""
-                where = f"{key}.{k}" if key else str(k)
-                raise self.fail(where, f"unknown key{hint}")
-        return raw
+        return self.mapping(raw, key, allowed)
 
     def string(self, d: Mapping[str, Any], key: str, name: str, default: str) -> str:
         v = d.get(name, default)
@@ -177,18 +159,8 @@ class _Reader:
 
 
 def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> OriginConfig:
-    source = str(path) if path is not None else "<no config file>"
-    raw: object = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}:{line}: invalid YAML") from None
-    r = _Reader(source)
+    source, raw = read_yaml(path, ConfigError)
+    r = _Reader(source, ConfigError)
     top = dict(
         r.section(
             raw,

@@ -7,20 +7,17 @@ key, like the edge's and the origin's.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
-
-import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from edge.config import Listen, parse_listen
 from edge.units import UnitError, parse_duration
+from edge.yamlconfig import KeyChecker, read_yaml
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
@@ -65,25 +62,7 @@ class SteeringConfig:
     log_level: str = "info"
 
 
-class _R:
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {key}: {msg}")
-
-    def mapping(self, raw: object, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            raise self.fail(key or "(top level)", f"expected a mapping, got {type(raw).__name__}")
-        for k in raw:
-            if k not in allowed:
-                close = difflib.get_close_matches(str(k), allowed, n=1)
-                hint = f'; did you mean "{close[0]}"?' if close else ""
-                raise self.fail(f"{key}.{k}" if key else str(k), f"unknown key{hint}")
-        return raw
-
+class _R(KeyChecker):
     def ident(self, v: object, key: str) -> str:
         if not isinstance(v, str) or not _ID.match(v):
             raise self.fail(key, f"expected an id of [A-Za-z0-9._-], 1-64 characters, got {v!r}")
@@ -129,18 +108,8 @@ TOP = (
 
 
 def load_config(path: Path | None, overrides: Mapping[str, object] | None = None) -> SteeringConfig:
-    source = str(path) if path is not None else "<no config file>"
-    raw: object = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}:{where}: invalid YAML") from None
-    r = _R(source)
+    source, raw = read_yaml(path, ConfigError)
+    r = _R(source, ConfigError)
     top = {**r.mapping(raw, "", TOP), **(overrides or {})}
     try:
         listen = parse_listen(str(top.get("listen", "127.0.0.1:8100")))
