@@ -405,12 +405,13 @@ def simple_response(
     close: bool = False,
     extra: str = "",
     head_only: bool = False,
+    server: str = "opencdn-edge",
 ) -> bytes:
     body = f"{status} {REASONS.get(status, '')}: {message}\n".encode()
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         f"Date: {http_date_now()}\r\n"
-        "Server: opencdn-edge\r\n"
+        f"Server: {server}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
         # Browser players on another origin must be able to read errors and Retry-After.

@@ -126,7 +126,12 @@ class OriginHandler:
     ) -> bool:
         conn.write(
             simple_response(
-                status, message, close=not keep, extra=extra, head_only=req.method == "HEAD"
+                status,
+                message,
+                close=not keep,
+                extra=extra,
+                head_only=req.method == "HEAD",
+                server="opencdn-origin",
             )
         )
         self._done(conn, req, t0, status, 0)
