@@ -36,6 +36,7 @@ import unicodedata
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
     "KINDS",
@@ -87,6 +88,8 @@ MIN_TYPO_LEN = 4
 SCORE_DIGITS = 9
 
 _TOKEN_RE = re.compile(r"[^\W_]+")
+
+_K = TypeVar("_K")
 
 
 def normalize(text: str) -> str:
@@ -163,6 +166,13 @@ def _check_finite(popularity: float) -> None:
         raise ValueError(f"popularity must be finite, got {popularity!r}")
 
 
+def _discard(index: dict[_K, set[str]], key: _K, doc_id: str) -> None:
+    ids = index[key]
+    ids.discard(doc_id)
+    if not ids:
+        del index[key]
+
+
 @dataclass(frozen=True)
 class Doc:
     id: str
@@ -208,8 +218,11 @@ class _Entry:
     popularity: float
 
 
-# (-score, -popularity, id, hit): ascending order is the ranking order.
-_Ranked = tuple[float, float, str, Hit]
+# Upper bound on |x - round(x, SCORE_DIGITS)| plus float slack: a document whose
+# unrounded score is below ``kth - _ROUND_SLACK`` cannot round to (or above)
+# the rounded k-th best score, so it cannot reach the page (round is monotone).
+_ROUND_SLACK = 4 * 10.0**-SCORE_DIGITS
+_K1P1 = K1 + 1.0
 
 
 class SearchIndex:
@@ -229,6 +242,12 @@ class SearchIndex:
         # title-only index for autocomplete
         self._title_postings: dict[str, set[str]] = {}
         self._title_vocab: list[str] = []
+        # Flat per-doc keys and filter indexes, so the query path never has to
+        # call a predicate per posting.
+        self._maturity: dict[str, int] = {}
+        self._by_genre: dict[str, set[str]] = {}
+        self._by_kind: dict[str, set[str]] = {}
+        self._by_year: dict[int | None, set[str]] = {}
 
     # ------------------------------------------------------------------ updates
 
@@ -263,6 +282,11 @@ class SearchIndex:
             popularity=doc.popularity,
         )
         self._entries[doc.id] = entry
+        self._maturity[doc.id] = doc.maturity
+        for g in entry.genres:
+            self._by_genre.setdefault(g, set()).add(doc.id)
+        self._by_kind.setdefault(doc.kind, set()).add(doc.id)
+        self._by_year.setdefault(doc.year, set()).add(doc.id)
         m = doc.maturity
         self._level_docs[m] = self._level_docs.get(m, 0) + 1
         for term, w in tf.items():
@@ -286,6 +310,11 @@ class SearchIndex:
         entry = self._entries.pop(doc_id, None)
         if entry is None:
             return
+        del self._maturity[doc_id]
+        for g in entry.genres:
+            _discard(self._by_genre, g, doc_id)
+        _discard(self._by_kind, entry.doc.kind, doc_id)
+        _discard(self._by_year, entry.doc.year, doc_id)
         m = entry.doc.maturity
         self._level_docs[m] -= 1
         if not self._level_docs[m]:
@@ -355,7 +384,7 @@ class SearchIndex:
             d = damerau_levenshtein(term, cand)
             if d < best_d:
                 best, best_d = [(cand, d)], d
-            elif d == best_d:
+            elif d == best_d and d <= dist:
                 best.append((cand, d))
         return best
 
@@ -402,73 +431,129 @@ class SearchIndex:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
         genre_key = normalize(genre).strip() if genre is not None else None
 
+        # Admissible documents: either every visible doc (``allowed is None``,
+        # checked by maturity only when something is actually hidden) or an
+        # explicit set built from the filter indexes.
+        maturity = self._maturity
+        check_maturity = bool(self._level_docs) and max(self._level_docs) > max_maturity
+        allowed: set[str] | None = None
+        if genre_key is not None or kind is not None or year is not None:
+            empty: set[str] = set()
+            parts: list[set[str]] = []
+            if genre_key is not None:
+                parts.append(self._by_genre.get(genre_key, empty))
+            if kind is not None:
+                parts.append(self._by_kind.get(kind, empty))
+            if year is not None:
+                parts.append(self._by_year.get(year, empty))
+            parts.sort(key=len)
+            allowed = parts[0].intersection(*parts[1:])
+            if check_maturity:
+                allowed = {d for d in allowed if maturity[d] <= max_maturity}
+            check_maturity = False
+
         entries = self._entries
-
-        def admissible(doc_id: str) -> bool:
-            e = entries[doc_id]
-            d = e.doc
-            return (
-                d.maturity <= max_maturity
-                and (kind is None or d.kind == kind)
-                and (year is None or d.year == year)
-                and (genre_key is None or genre_key in e.genres)
-            )
-
         terms = list(dict.fromkeys(tokenize(query)))  # dedupe, keep order
         if not terms:
-            browse: list[_Ranked] = [
-                (0.0, -e.popularity, doc_id, Hit(doc_id, 0.0, ()))
-                for doc_id, e in entries.items()
-                if admissible(doc_id)
-            ]
-            return self._page(browse, offset, limit)
+            if allowed is not None:
+                pool: Iterable[str] = allowed
+            elif check_maturity:
+                pool = [d for d, m in maturity.items() if m <= max_maturity]
+            else:
+                pool = entries
+            browse = [(-entries[d].popularity, d) for d in pool]
+            first = heapq.nsmallest(offset + limit, browse)
+            return Page(
+                hits=[Hit(d, 0.0, ()) for _, d in first[offset:]],
+                total=len(browse),
+                offset=offset,
+                limit=limit,
+            )
 
         n_docs = sum(n for m, n in self._level_docs.items() if m <= max_maturity)
 
-        # Per query term: doc -> (best score, matched vocabulary term).
-        per_term: list[dict[str, tuple[float, str]]] = []
+        # Per query term: doc -> best score, and the matched vocabulary term
+        # (a str when every doc matched the same one, else doc -> term).
+        scores: list[dict[str, float]] = []
+        vterms: list[str | dict[str, str]] = []
         for i, term in enumerate(terms):
-            best: dict[str, tuple[float, str]] = {}
+            best: dict[str, float] = {}
+            which: str | dict[str, str] = ""
             for vterm, factor in self._alternatives(term, i == len(terms) - 1, max_maturity):
                 df = self._visible_df(vterm, max_maturity)
                 idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
-                for doc_id, tf in self._postings[vterm].items():
-                    if not admissible(doc_id):
-                        continue
-                    s = factor * idf * tf * (K1 + 1.0) / (tf + K1)
-                    cur = best.get(doc_id)
-                    if cur is None or s > cur[0] or (s == cur[0] and vterm < cur[1]):
-                        best[doc_id] = (s, vterm)
-            per_term.append(best)
+                # Same evaluation order as factor * idf * tf * (K1 + 1) / (tf + K1).
+                fi = factor * idf
+                posting = self._postings[vterm]
+                if allowed is not None:
+                    sc = {
+                        d: fi * tf * _K1P1 / (tf + K1) for d, tf in posting.items() if d in allowed
+                    }
+                elif check_maturity:
+                    sc = {
+                        d: fi * tf * _K1P1 / (tf + K1)
+                        for d, tf in posting.items()
+                        if maturity[d] <= max_maturity
+                    }
+                else:
+                    sc = {d: fi * tf * _K1P1 / (tf + K1) for d, tf in posting.items()}
+                if not sc:
+                    continue
+                if not best:
+                    best, which = sc, vterm
+                    continue
+                if isinstance(which, str):
+                    which = dict.fromkeys(best, which)
+                for d, s in sc.items():
+                    cur = best.get(d)
+                    if cur is None or s > cur or (s == cur and vterm < which[d]):
+                        best[d] = s
+                        which[d] = vterm
+            scores.append(best)
+            vterms.append(which)
 
-        by_size = sorted(per_term, key=len)
-        matches = set(by_size[0]).intersection(*by_size[1:])
-        if not matches:
-            # OR fallback (see module docstring).
-            matches = set().union(*per_term)
+        # Unrounded relevance of every match, summed in query-term order.
+        raw: dict[str, float]
+        if len(scores) == 1:
+            raw = scores[0]
+        else:
+            by_size = sorted(scores, key=len)
+            matches: set[str] = set(by_size[0]).intersection(*by_size[1:])
+            if not matches:
+                # OR fallback (see module docstring).
+                matches = set().union(*scores)
+            if len(scores) == 2:
+                a, b = scores
+                raw = {d: a.get(d, 0.0) + b.get(d, 0.0) for d in matches}
+            else:
+                raw = {}
+                for d in matches:
+                    total = 0.0
+                    for sc in scores:
+                        part = sc.get(d)
+                        if part is not None:
+                            total += part
+                    raw[d] = total
 
-        ranked: list[_Ranked] = []
-        for doc_id in matches:
-            score = 0.0
+        n = offset + limit
+        if n < len(raw):
+            # Only documents whose score can round to at least the k-th best
+            # one can make the page; round and rank just those.
+            kth = heapq.nlargest(n, raw.values())[-1]
+            floor = kth - _ROUND_SLACK * max(1.0, abs(kth))
+            cands = [(d, s) for d, s in raw.items() if s >= floor]
+        else:
+            cands = list(raw.items())
+        ranked = [(-round(s, SCORE_DIGITS), -entries[d].popularity, d) for d, s in cands]
+        top = heapq.nsmallest(n, ranked)
+        hits: list[Hit] = []
+        for neg_score, _, d in top[offset:]:
             matched: list[str] = []
-            for best in per_term:
-                hit = best.get(doc_id)
-                if hit is not None:
-                    score += hit[0]
-                    matched.append(hit[1])
-            score = round(score, SCORE_DIGITS)
-            ranked.append(
-                (-score, -entries[doc_id].popularity, doc_id, Hit(doc_id, score, tuple(matched)))
-            )
-        return self._page(ranked, offset, limit)
-
-    @staticmethod
-    def _page(ranked: list[_Ranked], offset: int, limit: int) -> Page:
-        # nsmallest(n) == sorted()[:n] but avoids sorting every match.
-        top = heapq.nsmallest(offset + limit, ranked, key=lambda r: (r[0], r[1], r[2]))
-        return Page(
-            hits=[r[-1] for r in top[offset:]], total=len(ranked), offset=offset, limit=limit
-        )
+            for sc, which in zip(scores, vterms, strict=True):
+                if d in sc:
+                    matched.append(which if isinstance(which, str) else which[d])
+            hits.append(Hit(d, -neg_score, tuple(matched)))
+        return Page(hits=hits, total=len(raw), offset=offset, limit=limit)
 
     # ------------------------------------------------------------ autocomplete
 
@@ -501,14 +586,19 @@ class SearchIndex:
             candidates = set(ids) if candidates is None else candidates & ids
         assert candidates is not None
         entries = self._entries
-        ranked = sorted(
+        maturity = self._maturity
+        ranked = [
             (-e.popularity, e.title_key, doc_id)
             for doc_id in candidates
-            if (e := entries[doc_id]).doc.maturity <= max_maturity
-        )
+            if maturity[doc_id] <= max_maturity and (e := entries[doc_id])
+        ]
+        # Pop in ranking order only as far as needed (dedupe makes the number
+        # of pops unknown up front, so a heap rather than nsmallest).
+        heapq.heapify(ranked)
         out: list[str] = []
         seen: set[str] = set()
-        for _, _, doc_id in ranked:
+        while ranked:
+            doc_id = heapq.heappop(ranked)[2]
             title = entries[doc_id].doc.title
             if title not in seen:  # remakes share titles; suggest each once
                 seen.add(title)

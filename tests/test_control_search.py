@@ -473,3 +473,10 @@ def test_incremental_equals_rebuilt(docs: list[Doc], removals: list[str]) -> Non
     }
     for q in ["alpha", "alpah brave", "ch", ""]:
         assert idx.search(q, limit=100) == fresh.search(q, limit=100)
+
+
+@pytest.mark.parametrize(("title", "query"), [("abcdefgh", "bcdefghxy"), ("abcdef", "acdefx")])
+def test_typo_correction_never_goes_beyond_its_distance(title, query):
+    index = SearchIndex()
+    index.add(Doc(id="t", title=title))
+    assert index.search(query).total == 0  # too far from the only word: no crash, no hit
