@@ -26,6 +26,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,6 +79,7 @@ class Steering:
         self.decisions: dict[str, int] = {}
         self.latency = Histogram()
         self.transitions = 0
+        self._tokens: tuple[int, list[str]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -180,8 +182,24 @@ class Steering:
         self.edges = {e.id: e for e in config.edges}
         self.site_edges = _by_site(config)
         self.fleet.set_edges(self.edges)
+        self.fleet.dead_after = config.dead_after
+        self.fleet.recover_after = config.recover_after
+        self._tokens = None
         self.bounded.clear()
         self.usable_key.clear()
+
+    def heartbeat_tokens(self) -> list[str]:
+        """Accepted heartbeat credentials, re-read only when the file changes."""
+        path = self.config.heartbeat_credentials_file
+        if path is None:
+            return []
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except OSError:
+            return self._tokens[1] if self._tokens else []
+        if self._tokens is None or self._tokens[0] != mtime:
+            self._tokens = (mtime, read_tokens(Path(path)))
+        return self._tokens[1]
 
     # -- health ----------------------------------------------------------------------------
 
@@ -339,7 +357,12 @@ def _pathways(request: web.Request) -> tuple[Steering, dict[str, Any], str]:
     key = _key(request)
     client = _client(request, s)
     answer = s.steer(key, client)
-    reload = str(request.url.with_query(urlencode({"key": key, "client": str(client)})))
+    params = {"key": key, "client": str(client)}
+    if "base" in request.query:
+        params["base"] = request.query["base"]
+    # Relative (path and query only): players resolve it against the steering URI they used,
+    # which stays right behind a TLS-terminating proxy that our own view of the URL is not.
+    reload = f"{request.path}?{urlencode(params)}"
     return s, answer, reload
 
 
@@ -347,10 +370,16 @@ def _steering_doc(request: web.Request, dash: bool) -> dict[str, Any]:
     """A content steering manifest: pathway (DASH: service location) = edge id, each a clone
     of the playlist's base pathway with the edge's host, in the ranked answer's order; the
     base (the origin's host in the playlist) stays last when the answer ends with the origin."""
-    from .manifests import PathwayClone, dash_steering, hls_steering, pathway_id
+    from .manifests import PathwayClone, SteeringError, dash_steering, hls_steering, pathway_id
 
     s, answer, reload = _pathways(request)
     base = request.query.get("base", "origin")
+    try:
+        pathway_id(base)
+    except SteeringError as exc:
+        raise web.HTTPBadRequest(text=f"base: {exc}\n") from exc
+    if base in s.edges:
+        raise web.HTTPBadRequest(text="base: the playlist's pathway cannot be an edge id\n")
     edges = [e for e in answer["edges"] if e["edge"] != "origin"]
     clones = [
         PathwayClone(base_id=base, id=pathway_id(e["edge"]), host=urlsplit(e["url"]).netloc)
@@ -359,6 +388,8 @@ def _steering_doc(request: web.Request, dash: bool) -> dict[str, Any]:
     priority = [pathway_id(e["edge"]) for e in edges]
     if dash or any(e["edge"] == "origin" for e in answer["edges"]):
         priority.append(base)
+    if not priority:
+        raise web.HTTPServiceUnavailable(text="no usable edge and no origin configured\n")
     build = dash_steering if dash else hls_steering
     return build(priority, ttl=s.config.steering_ttl, reload_uri=reload, clones=clones)
 
@@ -375,15 +406,16 @@ async def _dash(request: web.Request) -> web.Response:
 
 async def _heartbeat(request: web.Request) -> web.Response:
     s = request.app[STEERING]
-    path = s.config.heartbeat_credentials_file
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    tokens = read_tokens(Path(path)) if path is not None else []
+    tokens = s.heartbeat_tokens()
     if scheme.lower() != "bearer" or not any(
         hmac.compare_digest(token.strip().encode(), t.encode()) for t in tokens
     ):
         raise web.HTTPUnauthorized(text="heartbeat credential required\n")
     try:
-        doc = await request.json()
+        doc = json.loads(await request.text(), parse_constant=_no_constant)
+        if not isinstance(doc, dict):
+            raise ValueError("expected a JSON object")
         hb = Heartbeat(
             edge_id=str(doc["edge_id"]),
             state="draining" if doc.get("draining") else str(doc.get("state", "ok")),
@@ -394,14 +426,20 @@ async def _heartbeat(request: web.Request) -> web.Response:
             cached_bytes=int(doc.get("cached_bytes", 0)),
             sent_at=float(doc.get("sent_at", time.time())),
         )
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise web.HTTPBadRequest(text=f"malformed heartbeat: {exc}\n") from exc
     try:
         s.fleet.heartbeat(hb)
     except UnknownEdge as exc:
         raise web.HTTPForbidden(text=f"unknown edge {hb.edge_id!r}\n") from exc
+    except ValueError as exc:  # a state or load the fleet refuses
+        raise web.HTTPBadRequest(text=f"malformed heartbeat: {exc}\n") from exc
     s.tick()
     return web.json_response({"ok": True, "state": s.fleet.state(hb.edge_id).name.lower()})
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
 
 
 async def _fleet(request: web.Request) -> web.Response:

@@ -164,6 +164,8 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
     ids = [e.id for e in edges]
     if len(set(ids)) != len(ids):
         raise r.fail("edges", "edge ids must be unique")
+    if "origin" in ids:
+        raise r.fail("edges", 'the id "origin" is reserved for the origin in answers')
 
     proxies = top.get("trusted_proxies") or []
     if not isinstance(proxies, list):

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 from aiohttp import web
@@ -196,7 +197,7 @@ async def test_hls_content_steering_manifest_follows_health(fleet, client):
     dead = m.priority[0]
     async with asyncio.timeout(5):
         while True:
-            async with client.get(m.reload_uri) as r:
+            async with client.get(urljoin(url + "/v1/steering/hls", m.reload_uri)) as r:
                 m2 = parse_hls_steering(await r.json())
             if dead not in m2.priority:
                 break
@@ -258,3 +259,37 @@ async def test_reload_applies_a_good_config_and_keeps_the_last_good_state(fleet,
         assert found
     finally:
         await extra.stop()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"edge_id": "par1", "load": NaN}',
+        b'{"edge_id": "par1", "load": -1}',
+        b'{"edge_id": "par1", "state": "bogus"}',
+        b'{"edge_id": "par1", "disk_used": 1e400}',
+        b'["par1"]',
+    ],
+)
+async def test_malformed_heartbeats_are_400_not_500(fleet, client, body):
+    _, _, url = fleet
+    auth = {"Authorization": f"Bearer {HB_TOKEN}", "Content-Type": "application/json"}
+    async with client.post(url + "/heartbeat", data=body, headers=auth) as r:
+        assert r.status == 400, await r.text()
+
+
+@pytest.mark.parametrize("base", ["bad id!", "par1"])
+async def test_bad_base_pathway_is_400(fleet, client, base):
+    _, _, url = fleet
+    params = {"key": "/v/t/", "client": "198.51.100.7", "base": base}
+    async with client.get(url + "/v1/steering/hls", params=params) as r:
+        assert r.status == 400
+
+
+async def test_reload_uri_is_relative_and_keeps_base(fleet, client):
+    _, _, url = fleet
+    params = {"key": "/v/t/", "client": "198.51.100.7", "base": "cdn-a"}
+    async with client.get(url + "/v1/steering/hls", params=params) as r:
+        doc = await r.json()
+    assert doc["RELOAD-URI"].startswith("/v1/steering/hls?") and "base=cdn-a" in doc["RELOAD-URI"]
+    assert all(c["BASE-ID"] == "cdn-a" for c in doc["PATHWAY-CLONES"])
