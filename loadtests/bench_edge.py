@@ -43,7 +43,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -861,8 +861,8 @@ def edge_log_anomalies(path: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def workdir(args: argparse.Namespace) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench_edge.", dir=args.tmpdir))
+def workdir(args: argparse.Namespace, name: str = "edge") -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench_{name}.", dir=args.tmpdir))
     try:
         yield tmp
     finally:
@@ -982,8 +982,16 @@ def tail(path: Path, n: int = 20) -> str:
     return ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_benchmark(
+    args: argparse.Namespace,
+    bench: Callable[[Path, list[str]], bool],
+    server: str,
+    *,
+    missed: str = "a throughput target was missed",
+    met: str = "all targets met",
+) -> int:
+    """The shared driver of the benchmarks against nginx: tools check, signals, work dir,
+    error and problem reporting, exit code (0 ok, 1 errors, 2 a target missed)."""
     for tool in ("nginx", "wrk"):
         if shutil.which(tool) is None:
             print(
@@ -994,20 +1002,19 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
 
-    servers = ["nginx", "edge"] + (["aiohttp"] if args.aiohttp_baseline else [])
     problems: list[str] = []
     try:
-        with workdir(args) as tmp:
+        with workdir(args, server) as tmp:
             try:
-                targets_ok = bench(tmp, args, servers, problems)
+                targets_ok = bench(tmp, problems)
             except RuntimeError as exc:
                 stop_all()
                 print(f"\nerror: {exc}", file=sys.stderr)
                 for p in problems:
                     print(f"  {p}", file=sys.stderr)
-                log = tail(tmp / "edge" / "stderr.log")
+                log = tail(tmp / server / "stderr.log")
                 if log:
-                    print(f"edge stderr (last lines):\n{log}", file=sys.stderr)
+                    print(f"{server} stderr (last lines):\n{log}", file=sys.stderr)
                 return 1
     except (KeyboardInterrupt, Interrupted):
         print("\ninterrupted; servers stopped", file=sys.stderr)
@@ -1020,10 +1027,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {p}")
         return 1
     if not targets_ok:
-        print("result: no errors, but a throughput target was missed")
+        print(f"result: no errors, but {missed}")
         return 2
-    print("result: no errors, all targets met")
+    print(f"result: no errors, {met}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    servers = ["nginx", "edge"] + (["aiohttp"] if args.aiohttp_baseline else [])
+    return run_benchmark(args, lambda tmp, problems: bench(tmp, args, servers, problems), "edge")
 
 
 if __name__ == "__main__":

@@ -35,18 +35,14 @@ died, warnings on the origin's stderr), 2 a throughput target missed. See loadte
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
 import random
 import secrets
 import shutil
-import signal
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,21 +53,18 @@ from bench_edge import (
     HOST,
     NGINX_CONF,
     REPO,
-    Interrupted,
     MiB,
     Proc,
     Run,
     Scenario,
-    _on_signal,
     cpu_seconds,
     edge_log_anomalies,
     free_port,
     metrics,
     proc_status,
     proc_tree,
+    run_benchmark,
     run_wrk,
-    stop_all,
-    tail,
     wait_http,
 )
 
@@ -389,19 +382,6 @@ def status_counts(port: int) -> dict[str, float]:
     return {k[len(prefix) : -2]: v for k, v in m.items() if k.startswith(prefix)}
 
 
-@contextlib.contextmanager
-def workdir(args: argparse.Namespace) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench_origin.", dir=args.tmpdir))
-    try:
-        yield tmp
-    finally:
-        stop_all()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def bench(tmp: Path, args: argparse.Namespace, problems: list[str]) -> bool:
     t0 = time.monotonic()
     a = make_assets(tmp / "assets", args.titles, args.file_size * MiB)
@@ -521,45 +501,13 @@ def bench(tmp: Path, args: argparse.Namespace, problems: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None:
-            print(
-                f"error: {tool} not found on PATH (apt-get install nginx-light wrk)",
-                file=sys.stderr,
-            )
-            return 1
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
-
-    problems: list[str] = []
-    try:
-        with workdir(args) as tmp:
-            try:
-                targets_ok = bench(tmp, args, problems)
-            except RuntimeError as exc:
-                stop_all()
-                print(f"\nerror: {exc}", file=sys.stderr)
-                for p in problems:
-                    print(f"  {p}", file=sys.stderr)
-                log = tail(tmp / "origin" / "stderr.log")
-                if log:
-                    print(f"origin stderr (last lines):\n{log}", file=sys.stderr)
-                return 1
-    except (KeyboardInterrupt, Interrupted):
-        print("\ninterrupted; servers stopped", file=sys.stderr)
-        return 130
-
-    print()
-    if problems:
-        print("PROBLEMS:")
-        for p in problems:
-            print(f"  {p}")
-        return 1
-    if not targets_ok:
-        print("result: no errors, but the throughput target was missed")
-        return 2
-    print("result: no errors, target met")
-    return 0
+    return run_benchmark(
+        args,
+        lambda tmp, problems: bench(tmp, args, problems),
+        "origin",
+        missed="the throughput target was missed",
+        met="target met",
+    )
 
 
 if __name__ == "__main__":
