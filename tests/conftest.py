@@ -419,3 +419,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 def moto_endpoint(moto: MotoS3) -> str:
     """Just the moto server's URL, for tests that make their own clients (any credentials)."""
     return moto.endpoint
+
+
+# The control plane's fixtures (live service over SQLite and PostgreSQL).
+from tests.control_support import control_db_url, start_control  # noqa: E402, F401

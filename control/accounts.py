@@ -1,0 +1,10 @@
+"""accounts (stub, being written)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AccountStore:
+    def __init__(self, control: Any) -> None:
+        self.control = control

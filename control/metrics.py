@@ -1,0 +1,123 @@
+"""The control plane's Prometheus metrics. Counters are an API: tests and load tests read them.
+
+Every counter is declared in `COUNTERS` with its help text and labels; `Metrics.inc` refuses an
+undeclared name or wrong labels, so the exposition and this table cannot drift apart.
+
+==========================================  ==============================================
+``control_requests_total{route,method,status}``  HTTP requests by route template
+``control_request_seconds{route}``               latency histogram per route template
+``control_signins_total{outcome}``               ok | bad_credentials | rate_limited
+``control_signups_total{outcome}``               ok | exists | rate_limited | invalid
+``control_sessions_revoked_total{why}``          signout | signout_all | password_change
+``control_rate_limited_total{limit}``            which limit refused a request
+``control_playback_starts_total{outcome}``       ok | no_subscription | maturity | stream_limit
+                                                 | not_playable | steering_fallback
+``control_playback_events_total{kind}``          progress | stop | error
+``control_leases_expired_total``                 stream leases that ended without a stop
+``control_steering_requests_total{outcome}``     ok | error | timeout
+``control_catalog_changes_total{source,op}``     admin | origin x create | update | delete
+``control_feed_polls_total{outcome}``            origin catalog feed polls: ok | error
+``control_feed_entries_total``                   feed entries applied
+``control_search_requests_total{kind}``          search | autocomplete
+``control_recompute_runs_total{outcome}``        recommendation batch runs: ok | error
+``control_recompute_profiles_total``             profiles whose rows the batch stored
+``control_invoices_total{event}``                created | paid | void
+``control_db_errors_total{kind}``                integrity | unavailable | other
+==========================================  ==============================================
+
+Gauges: ``control_catalog_titles`` (titles in the search index), ``control_catalog_version``,
+``control_recompute_last_success_seconds`` (unix time; 0 before the first run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from edge.metrics import Histogram
+
+COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "control_requests": ("HTTP requests by route template", ("route", "method", "status")),
+    "control_signins": ("Sign-in attempts by outcome", ("outcome",)),
+    "control_signups": ("Sign-up attempts by outcome", ("outcome",)),
+    "control_sessions_revoked": ("Sessions revoked, by why", ("why",)),
+    "control_rate_limited": ("Requests refused by a rate limit", ("limit",)),
+    "control_playback_starts": ("Playback starts by outcome", ("outcome",)),
+    "control_playback_events": ("Playback events by kind", ("kind",)),
+    "control_leases_expired": ("Stream leases that expired without a stop", ()),
+    "control_steering_requests": ("Requests to the steering service", ("outcome",)),
+    "control_catalog_changes": ("Catalog changes", ("source", "op")),
+    "control_feed_polls": ("Origin catalog feed polls", ("outcome",)),
+    "control_feed_entries": ("Origin catalog feed entries applied", ()),
+    "control_search_requests": ("Search requests", ("kind",)),
+    "control_recompute_runs": ("Recommendation batch runs", ("outcome",)),
+    "control_recompute_profiles": ("Profiles whose home rows the batch stored", ()),
+    "control_invoices": ("Invoice events", ("event",)),
+    "control_db_errors": ("Database errors", ("kind",)),
+}
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[tuple[str, ...], int]] = {n: {} for n in COUNTERS}
+        self.latency: dict[str, Histogram] = {}
+        self.gauges: dict[str, float] = {
+            "control_catalog_titles": 0.0,
+            "control_catalog_version": 0.0,
+            "control_recompute_last_success_seconds": 0.0,
+        }
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+
+    def inc(self, name: str, *labels: str, n: int = 1) -> None:
+        declared = COUNTERS[name][1]
+        if len(labels) != len(declared):
+            raise ValueError(f"{name} takes labels {declared}, got {labels}")
+        series = self.counters[name]
+        series[labels] = series.get(labels, 0) + n
+
+    def value(self, name: str, *labels: str) -> int:
+        """The current count (0 if never incremented): for tests and load tests."""
+        return self.counters[name].get(labels, 0)
+
+    def total(self, name: str) -> int:
+        return sum(self.counters[name].values())
+
+    def observe(self, route: str, seconds: float) -> None:
+        h = self.latency.get(route)
+        if h is None:
+            h = self.latency[route] = Histogram(LATENCY_BUCKETS)
+        h.observe(seconds)
+
+    def set_gauge(self, name: str, value: float) -> None:
+        if name not in self.gauges:
+            raise KeyError(name)
+        self.gauges[name] = value
+
+
+class _Collector(Collector):
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def collect(self) -> Iterator[Any]:
+        for name, (help_text, labels) in COUNTERS.items():
+            c = CounterMetricFamily(name, help_text, labels=list(labels))
+            for values, n in sorted(self.m.counters[name].items()):
+                c.add_metric(list(values), n)
+            yield c
+        h = HistogramMetricFamily(
+            "control_request_seconds", "Request latency per route template", labels=["route"]
+        )
+        for route, hist in sorted(self.m.latency.items()):
+            h.add_metric([route], hist.cumulative(), hist.sum)
+        yield h
+        for name, value in self.m.gauges.items():
+            g = GaugeMetricFamily(name, name.replace("_", " "))
+            g.add_metric([], value)
+            yield g

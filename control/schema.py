@@ -1,0 +1,179 @@
+"""The control plane's versioned schema: migrations, applied in order by ``db.migrate``.
+
+Portable SQL only (see control/db.py): TEXT ids made by the application, times as unix
+seconds in DOUBLE PRECISION, booleans as INTEGER 0/1, JSON documents in TEXT. A released
+migration is never edited: a change is a new migration with the next version.
+"""
+
+from __future__ import annotations
+
+from .db import Migration
+
+V1 = """
+CREATE TABLE accounts (
+    id TEXT PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,             -- normalised (control.auth.normalize_email)
+    password_hash TEXT NOT NULL,            -- scrypt, self-describing
+    role TEXT NOT NULL DEFAULT 'user',      -- user | admin
+    created_at DOUBLE PRECISION NOT NULL,
+    version BIGINT NOT NULL DEFAULT 0       -- bumped first to serialise per-account writes
+);
+
+CREATE TABLE sessions (
+    token_hash TEXT PRIMARY KEY,            -- SHA-256 of the bearer token; the token is not kept
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION,
+    device TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX sessions_account ON sessions(account_id, expires_at);
+
+CREATE TABLE profiles (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    maturity_limit INTEGER NOT NULL,        -- highest age rating shown, 0..18
+    kids INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (account_id, name)
+);
+CREATE INDEX profiles_account ON profiles(account_id);
+
+CREATE TABLE subscriptions (
+    account_id TEXT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+    plan_id TEXT NOT NULL,
+    status TEXT NOT NULL,                   -- pending | active | canceled
+    period_start DOUBLE PRECISION,
+    period_end DOUBLE PRECISION,            -- paid until; playback is refused after it
+    cancel_at_period_end INTEGER NOT NULL DEFAULT 0,
+    next_plan_id TEXT,                      -- a downgrade waiting for the next period
+    updated_at DOUBLE PRECISION NOT NULL
+);
+
+CREATE TABLE invoices (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    plan_id TEXT NOT NULL,
+    amount_cents BIGINT NOT NULL,
+    currency TEXT NOT NULL,
+    status TEXT NOT NULL,                   -- open | paid | void
+    period_start DOUBLE PRECISION NOT NULL,
+    period_end DOUBLE PRECISION NOT NULL,
+    provider TEXT NOT NULL,
+    reference TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    paid_at DOUBLE PRECISION
+);
+CREATE INDEX invoices_account ON invoices(account_id, created_at);
+CREATE INDEX invoices_status ON invoices(status, created_at);
+
+CREATE TABLE titles (
+    id TEXT PRIMARY KEY,                    -- a slug, [a-z0-9-]
+    kind TEXT NOT NULL,                     -- movie | series
+    name TEXT NOT NULL,
+    synopsis TEXT NOT NULL DEFAULT '',
+    year INTEGER,
+    maturity INTEGER NOT NULL DEFAULT 0,    -- minimum age, 0..18
+    genres TEXT NOT NULL DEFAULT '[]',      -- JSON array of strings
+    cast_members TEXT NOT NULL DEFAULT '[]',
+    artwork TEXT NOT NULL DEFAULT '{}',     -- JSON object: kind -> path or URL
+    duration DOUBLE PRECISION,              -- seconds (movies)
+    media_key TEXT UNIQUE,                  -- movies: the origin title, served under /v/<key>/
+    renditions TEXT NOT NULL DEFAULT '[]',  -- JSON, from the origin's catalog feed
+    published INTEGER NOT NULL DEFAULT 1,
+    source TEXT NOT NULL DEFAULT 'admin',   -- admin | origin
+    released_at DOUBLE PRECISION NOT NULL,  -- entered the catalog (New Releases)
+    updated_at DOUBLE PRECISION NOT NULL
+);
+
+CREATE TABLE episodes (
+    id TEXT PRIMARY KEY,
+    title_id TEXT NOT NULL REFERENCES titles(id) ON DELETE CASCADE,
+    season INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    synopsis TEXT NOT NULL DEFAULT '',
+    duration DOUBLE PRECISION,
+    media_key TEXT UNIQUE,
+    renditions TEXT NOT NULL DEFAULT '[]',
+    updated_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (title_id, season, number)
+);
+
+-- Resume positions and watch history: the latest position per profile, title and episode
+-- ('' for a movie). The client's timestamp decides which of two devices' writes wins.
+CREATE TABLE watch_state (
+    profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    title_id TEXT NOT NULL,
+    episode_id TEXT NOT NULL DEFAULT '',
+    position DOUBLE PRECISION NOT NULL,
+    duration DOUBLE PRECISION,
+    finished INTEGER NOT NULL DEFAULT 0,
+    client_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (profile_id, title_id, episode_id)
+);
+CREATE INDEX watch_state_recent ON watch_state(profile_id, client_at);
+
+CREATE TABLE my_list (
+    profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    title_id TEXT NOT NULL,
+    added_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (profile_id, title_id)
+);
+
+CREATE TABLE ratings (
+    profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    title_id TEXT NOT NULL,
+    rating INTEGER NOT NULL,                -- 1 thumbs up, -1 thumbs down
+    rated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (profile_id, title_id)
+);
+
+-- One row per playback session: concurrent-stream leases while it is alive, then play
+-- counts and bytes for popularity.
+CREATE TABLE plays (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    profile_id TEXT NOT NULL,
+    title_id TEXT NOT NULL,
+    episode_id TEXT NOT NULL DEFAULT '',
+    media_key TEXT NOT NULL,
+    device TEXT NOT NULL DEFAULT '',
+    client_ip TEXT NOT NULL DEFAULT '',
+    started_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    lease_expires_at DOUBLE PRECISION NOT NULL,  -- holds a stream slot until then
+    stopped_at DOUBLE PRECISION,
+    position DOUBLE PRECISION NOT NULL DEFAULT 0,
+    seconds_watched DOUBLE PRECISION NOT NULL DEFAULT 0,
+    bytes BIGINT NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX plays_leases ON plays(account_id, lease_expires_at);
+CREATE INDEX plays_started ON plays(started_at);
+
+-- Batch output: home rows per profile, and title popularity (decayed plays).
+CREATE TABLE home_rows (
+    profile_id TEXT PRIMARY KEY REFERENCES profiles(id) ON DELETE CASCADE,
+    rows TEXT NOT NULL,                     -- JSON list of {name, label, titles}
+    computed_at DOUBLE PRECISION NOT NULL
+);
+
+CREATE TABLE popularity (
+    title_id TEXT PRIMARY KEY,
+    score DOUBLE PRECISION NOT NULL,
+    computed_at DOUBLE PRECISION NOT NULL
+);
+
+-- Small named values: the catalog version (bumped on every catalog change, so other
+-- instances rebuild their search index) and the origin feed's last sequence number.
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", V1),)
