@@ -166,6 +166,7 @@ class ControlConfig:
     catalog_feed: CatalogFeedConfig = field(default_factory=CatalogFeedConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     log_level: str = "info"  # one of LOG_LEVELS
+    workers: int = 1  # serving processes sharing the port (SO_REUSEPORT), 1..64
 
 
 def _span(seconds: float) -> str:
@@ -310,6 +311,7 @@ class _R(KeyChecker):
 TOP: Final = (
     "listen", "database", "public_url", "cors_origins", "max_body", "sessions", "kdf",
     "rate_limits", "plans", "profiles", "playback", "catalog_feed", "recommend", "log_level",
+    "workers",
 )  # fmt: skip
 PLAN_KEYS: Final = (
     "id", "name", "max_streams", "max_height", "price_cents", "currency", "period_days",
@@ -499,6 +501,7 @@ def parse_config(
         catalog_feed=catalog_feed,
         recommend=recommend,
         log_level=level,
+        workers=r.integer(_get(top, "workers", 1), "workers", 1, 64),
     )
 
 

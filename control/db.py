@@ -272,7 +272,9 @@ class PostgresDatabase:
         self._pool = pool
 
     @classmethod
-    async def open(cls, url: str, *, pool_min: int, pool_max: int) -> PostgresDatabase:
+    async def open(
+        cls, url: str, *, pool_min: int, pool_max: int, timeout: float = 10.0
+    ) -> PostgresDatabase:
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
 
@@ -282,12 +284,12 @@ class PostgresDatabase:
             max_size=pool_max,
             kwargs={"autocommit": True, "row_factory": dict_row},
             open=False,
-            timeout=10.0,
+            timeout=timeout,
             name="control",
         )
         try:
             async with _pg_errors():
-                await pool.open(wait=True, timeout=10.0)
+                await pool.open(wait=True, timeout=timeout)
         except BaseException:
             await pool.close()
             raise

@@ -1,10 +1,425 @@
-"""feed (stub, being written)."""
+"""The origin's catalog feed: titles the origin publishes enter the catalog by themselves.
+
+The origin never calls the control plane; the control plane reads ``GET {url}/catalog/feed
+?since=SEQ`` (origin/server.py ``_feed``, origin/catalog.py) with ``Authorization: Bearer
+<token>``, the token being the first line of ``catalog_feed.credential_file`` (re-read on every
+poll, so a rotated token needs no restart). The answer is ``{"titles": [entry...], "next":
+SEQ}``, at most 500 entries a page, each entry::
+
+    {"seq": 7, "title": "<origin key>", "published": true, "at": 1790000000.0,
+     "duration": 5400.0, "renditions": [{"name", "width", "height", "bandwidth", "codecs",
+     "frame_rate"}...], "hls": "master.m3u8", "hls_single_file": "master_single.m3u8",
+     "dash": "manifest.mpd", "poster": "poster.jpg", "sprite": "sprite.jpg",
+     "base_path": "/v/<key>/", "job": 12}
+
+and a withdrawal is ``{"seq", "title", "published": false, "at"}``.
+
+Applying an entry (one transaction per page, with the page's ``next`` stored in ``meta``
+``feed_seq:<url>``, so a restart neither loses nor repeats an entry; the catalog version is
+bumped by the same transaction, see control/catalog.py):
+
+* the key is an episode's ``media_key`` (an administrator attached it): that episode's
+  duration and renditions are updated and it is available; a withdrawal makes it unavailable;
+* the key is a title's ``media_key``: only media fields change (duration, renditions, the
+  poster and sprite paths relative to ``/v/<key>/``, unless an administrator set that
+  artwork to a URL) and it is published; a withdrawal unpublishes it. Metadata an
+  administrator edits (name, synopsis, genres, cast, maturity, year) is never touched;
+* an unknown key creates a movie: id = the key as a slug (``_`` becomes ``-``; a hash suffix
+  when that id is taken), name = the key prettified, maturity `NEW_TITLE_MATURITY` (unrated
+  media stays hidden from children's profiles until an administrator rates it), released now.
+
+A malformed entry is logged, counted (``control_feed_skipped``) and skipped; it does not
+hold up the entries after it. A failed poll (connection refused, timeout, a status other
+than 200, a body that is not a feed page) is logged and counted and the loop goes on.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
+import math
+from dataclasses import dataclass
 from typing import Any
+
+import aiohttp
+
+from edge.config import read_credential_file
+
+from .catalog import (
+    MEDIA_KEY_RE,
+    free_id,
+    media_key_owner,
+    prettify,
+    safe_relative_path,
+    slugify,
+)
+from .db import Tx
+from .errors import Conflict
+
+__all__ = [
+    "NEW_TITLE_MATURITY",
+    "FeedDisabled",
+    "FeedEntry",
+    "FeedError",
+    "FeedReader",
+    "parse_page",
+]
+
+log = logging.getLogger("control")
+
+NEW_TITLE_MATURITY = 18
+FETCH_TIMEOUT = 15.0  # seconds for one page, connecting included
+MAX_PAGE_BYTES = 16 * 1024 * 1024
+MAX_PAGES_PER_POLL = 1000  # 500k entries: a catch-up after a long outage, then the next poll
+MAX_RENDITIONS = 64
+_RENDITION_KEYS = ("name", "width", "height", "bandwidth", "codecs", "frame_rate")
+
+
+class FeedError(Exception):
+    """A poll failed (the origin, the network, or the page); nothing of the page was applied."""
+
+
+class FeedDisabled(Conflict):
+    code = "feed_disabled"
+
+
+class _Stale(Exception):
+    """Another instance applied this page first."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    seq: int
+    key: str
+    published: bool
+    duration: float | None = None
+    renditions: tuple[dict[str, Any], ...] = ()
+    poster: str | None = None
+    sprite: str | None = None
+
+
+def _rendition(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError("a rendition is not an object")
+    out: dict[str, Any] = {}
+    name = raw.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= 64:
+        raise ValueError("a rendition has no name")
+    out["name"] = name
+    for k in ("width", "height", "bandwidth"):
+        v = raw.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**40):
+            raise ValueError(f"rendition {k} is not a count")
+        out[k] = v
+    codecs = raw.get("codecs")
+    if codecs is not None and (not isinstance(codecs, str) or len(codecs) > 200):
+        raise ValueError("rendition codecs is not a short string")
+    out["codecs"] = codecs
+    fr = raw.get("frame_rate")
+    if isinstance(fr, bool) or not (
+        fr is None
+        or (isinstance(fr, int | float) and math.isfinite(fr) and fr >= 0)
+        or (isinstance(fr, str) and len(fr) <= 32)
+    ):
+        raise ValueError("rendition frame_rate is not a rate")
+    out["frame_rate"] = fr
+    return out
+
+
+def parse_entry(raw: Any, since: int, last: int) -> FeedEntry:
+    """A validated entry, or ValueError naming what is wrong."""
+    if not isinstance(raw, dict):
+        raise ValueError("not an object")
+    seq = raw.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not since < seq <= last:
+        raise ValueError(f"seq {seq!r} is not in ({since}, {last}]")
+    key = raw.get("title")
+    if not isinstance(key, str) or not MEDIA_KEY_RE.match(key):
+        raise ValueError(f"title key {str(key)[:80]!r} is not an origin title")
+    published = raw.get("published")
+    if not isinstance(published, bool):
+        raise ValueError("published is not true or false")
+    if not published:
+        return FeedEntry(seq, key, False)
+    duration = raw.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not math.isfinite(duration)
+        or not 0 <= duration <= 1e7
+    ):
+        raise ValueError("duration is not a number of seconds")
+    renditions = raw.get("renditions", [])
+    if not isinstance(renditions, list) or len(renditions) > MAX_RENDITIONS:
+        raise ValueError("renditions is not a list")
+    return FeedEntry(
+        seq=seq,
+        key=key,
+        published=True,
+        duration=None if duration is None else float(duration),
+        renditions=tuple(_rendition(r) for r in renditions),
+        poster=safe_relative_path(raw.get("poster")),
+        sprite=safe_relative_path(raw.get("sprite")),
+    )
+
+
+def parse_page(doc: Any, since: int) -> tuple[list[FeedEntry], list[tuple[Any, str]], int]:
+    """(entries, [(seq, reason) of skipped ones], next); FeedError for a page that is not a
+    feed page at all."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("titles"), list):
+        raise FeedError("the answer is not a feed page (no titles list)")
+    last = doc.get("next")
+    if isinstance(last, bool) or not isinstance(last, int) or last < since:
+        raise FeedError(f"the page's next {str(last)[:40]!r} is not a sequence number >= {since}")
+    entries: list[FeedEntry] = []
+    skipped: list[tuple[Any, str]] = []
+    for raw in doc["titles"]:
+        try:
+            entries.append(parse_entry(raw, since, last))
+        except ValueError as exc:
+            seq = raw.get("seq") if isinstance(raw, dict) else None
+            skipped.append((seq, str(exc)))
+    return entries, skipped, last
 
 
 class FeedReader:
     def __init__(self, control: Any) -> None:
         self.control = control
+        self.config = control.config.catalog_feed
+        self.url: str | None = self.config.url
+        self.seq_key = f"feed_seq:{self.url}"
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    def start(self) -> None:
+        if self.enabled:
+            self.control.spawn(self._loop(), "catalog_feed")
+
+    def wake(self) -> None:
+        """Poll now rather than at the end of the interval."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self.poll()
+            except FeedError:
+                pass  # logged and counted by poll
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.interval)
+            except TimeoutError:
+                pass
+
+    async def stored_seq(self) -> int:
+        row = await self.control.db.fetchone(
+            "SELECT value FROM meta WHERE key = ?", (self.seq_key,)
+        )
+        return int(row["value"]) if row else 0
+
+    async def poll(self) -> tuple[int, int]:
+        """Read the feed up to its end and apply it: (entries applied, last seq)."""
+        if not self.enabled:
+            raise FeedDisabled("no origin catalog feed is configured (catalog_feed.url)")
+        metrics = self.control.metrics
+        async with self._lock:
+            try:
+                applied, seq = await self._poll_locked()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.inc("control_feed_polls", "error")
+                reason = str(exc)[:300] or type(exc).__name__
+                log.warning("event=feed_poll outcome=error url=%s error=%r", self.url, reason)
+                if isinstance(exc, FeedError):
+                    raise
+                raise FeedError(reason) from exc
+        metrics.inc("control_feed_polls", "ok")
+        log.debug("event=feed_poll outcome=ok url=%s applied=%d seq=%d", self.url, applied, seq)
+        return applied, seq
+
+    async def _poll_locked(self) -> tuple[int, int]:
+        seq = await self.stored_seq()
+        applied = 0
+        for _ in range(MAX_PAGES_PER_POLL):
+            doc = await self._fetch(seq)
+            entries, skipped, last = parse_page(doc, seq)
+            if last <= seq:
+                break
+            try:
+                applied += await self._apply_page(seq, entries, skipped, last)
+            except _Stale:
+                seq = await self.stored_seq()
+                log.debug("event=feed_page_stale url=%s seq=%d", self.url, seq)
+                continue
+            seq = last
+        return applied, seq
+
+    async def _fetch(self, since: int) -> Any:
+        assert self.url is not None and self.config.credential_file is not None
+        try:
+            token = read_credential_file(self.config.credential_file)
+        except (OSError, ValueError) as exc:
+            raise FeedError(f"cannot read the credential file: {exc}") from None
+        try:
+            async with self.control.http.get(
+                f"{self.url}/catalog/feed",
+                params={"since": str(since)},
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+            ) as r:
+                if r.status != 200:
+                    hint = " (check catalog_feed.credential_file)" if r.status in (401, 403) else ""
+                    raise FeedError(f"the origin answered {r.status}{hint}")
+                body = bytearray()
+                async for chunk in r.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > MAX_PAGE_BYTES:
+                        raise FeedError(f"a feed page larger than {MAX_PAGE_BYTES} bytes")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise FeedError(f"cannot reach the origin: {type(exc).__name__}: {exc}") from None
+        try:
+            return json.loads(bytes(body).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise FeedError(f"the feed page is not JSON: {exc}") from None
+
+    async def _apply_page(
+        self,
+        since: int,
+        entries: list[FeedEntry],
+        skipped: list[tuple[Any, str]],
+        last: int,
+    ) -> int:
+        now = self.control.clock()
+        ops: list[tuple[str, str]] = []
+
+        async def op(tx: Tx) -> tuple[None, set[str]]:
+            row = await tx.fetchone("SELECT value FROM meta WHERE key = ?", (self.seq_key,))
+            if (int(row["value"]) if row else 0) != since:
+                raise _Stale()
+            touched: set[str] = set()
+            for entry in entries:
+                what, title_id = await self._apply_entry(tx, entry, now)
+                if title_id:
+                    touched.add(title_id)
+                if what:
+                    ops.append((what, entry.key))
+            await tx.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (self.seq_key, str(last)),
+            )
+            return None, touched
+
+        await self.control.catalog.write(op)
+        metrics = self.control.metrics
+        for seq, reason in skipped:
+            metrics.inc("control_feed_skipped")
+            log.warning("event=feed_entry_skipped url=%s seq=%s reason=%r", self.url, seq, reason)
+        if entries:
+            metrics.inc("control_feed_entries", n=len(entries))
+        for what, key in ops:
+            metrics.inc("control_catalog_changes", "origin", what)
+            log.info("event=feed_entry_applied op=%s key=%s", what, key)
+        return len(entries)
+
+    async def _apply_entry(self, tx: Tx, e: FeedEntry, now: float) -> tuple[str, str]:
+        """Apply one entry: (op for the changes counter or '', the title id touched or '')."""
+        renditions = json.dumps(list(e.renditions), separators=(",", ":"))
+        owner = await media_key_owner(tx, e.key)
+        if owner is not None and owner[0] == "episode":
+            ep = await tx.fetchone(
+                "SELECT title_id, published FROM episodes WHERE id = ?", (owner[1],)
+            )
+            assert ep is not None
+            if e.published:
+                await tx.execute(
+                    "UPDATE episodes SET duration = ?, renditions = ?, published = 1, "
+                    "updated_at = ? WHERE id = ?",
+                    (e.duration, renditions, now, owner[1]),
+                )
+            elif ep["published"]:
+                await tx.execute(
+                    "UPDATE episodes SET published = 0, updated_at = ? WHERE id = ?",
+                    (now, owner[1]),
+                )
+            else:
+                return "", ""
+            await tx.execute("UPDATE titles SET updated_at = ? WHERE id = ?", (now, ep["title_id"]))
+            return "update", ep["title_id"]
+        if owner is not None:
+            tid = owner[1]
+            row = await tx.fetchone("SELECT artwork, published FROM titles WHERE id = ?", (tid,))
+            assert row is not None
+            if not e.published:
+                if not row["published"]:
+                    return "", ""
+                await tx.execute(
+                    "UPDATE titles SET published = 0, updated_at = ? WHERE id = ?", (now, tid)
+                )
+                return "delete", tid
+            artwork = _merge_artwork(row["artwork"], e)
+            await tx.execute(
+                "UPDATE titles SET duration = ?, renditions = ?, artwork = ?, published = 1, "
+                "updated_at = ? WHERE id = ?",
+                (e.duration, renditions, artwork, now, tid),
+            )
+            return "update", tid
+        if not e.published:
+            return "", ""  # withdrawn before we ever saw it
+        tid = await _origin_id(tx, e.key)
+        await tx.execute(
+            "INSERT INTO titles(id, kind, name, synopsis, year, maturity, genres, cast_members, "
+            "artwork, duration, media_key, renditions, published, source, released_at, "
+            "updated_at) VALUES (?, 'movie', ?, '', NULL, ?, '[]', '[]', ?, ?, ?, ?, 1, "
+            "'origin', ?, ?)",
+            (
+                tid,
+                prettify(e.key),
+                NEW_TITLE_MATURITY,
+                _merge_artwork("{}", e),
+                e.duration,
+                e.key,
+                renditions,
+                now,
+                now,
+            ),
+        )
+        return "create", tid
+
+
+def _merge_artwork(current: Any, e: FeedEntry) -> str:
+    """The feed's poster and sprite over the stored artwork, except where an administrator
+    set a URL."""
+    try:
+        art = json.loads(current) if isinstance(current, str) else {}
+    except ValueError:
+        art = {}
+    if not isinstance(art, dict):
+        art = {}
+    for kind, path in (("poster", e.poster), ("sprite", e.sprite)):
+        existing = art.get(kind)
+        if path is None or (
+            isinstance(existing, str) and existing.startswith(("http://", "https://"))
+        ):
+            continue
+        art[kind] = path
+    return json.dumps(art, ensure_ascii=False, separators=(",", ":"))
+
+
+async def _origin_id(tx: Tx, key: str) -> str:
+    """The title id for a new origin key: its slug, or the slug plus a hash when taken."""
+    base = slugify(key) or "title"
+    if not await tx.fetchone("SELECT id FROM titles WHERE id = ?", (base,)):
+        return base
+    h = hashlib.sha256(key.encode()).hexdigest()[:8]
+    candidate = f"{base[:55].rstrip('-')}-{h}"
+    if not await tx.fetchone("SELECT id FROM titles WHERE id = ?", (candidate,)):
+        return candidate
+    return await free_id(tx, candidate)

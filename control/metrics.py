@@ -9,15 +9,20 @@ undeclared name or wrong labels, so the exposition and this table cannot drift a
 ``control_signins_total{outcome}``               ok | bad_credentials | rate_limited
 ``control_signups_total{outcome}``               ok | exists | rate_limited | invalid
 ``control_sessions_revoked_total{why}``          signout | signout_all | password_change
+                                                 | session_cap
 ``control_rate_limited_total{limit}``            which limit refused a request
 ``control_playback_starts_total{outcome}``       ok | no_subscription | maturity | stream_limit
                                                  | not_playable | steering_fallback
+                                                 | unavailable (exclusive: a start that
+                                                 fell back to the origin counts only
+                                                 steering_fallback)
 ``control_playback_events_total{kind}``          progress | stop | error
 ``control_leases_expired_total``                 stream leases that ended without a stop
 ``control_steering_requests_total{outcome}``     ok | error | timeout
 ``control_catalog_changes_total{source,op}``     admin | origin x create | update | delete
 ``control_feed_polls_total{outcome}``            origin catalog feed polls: ok | error
 ``control_feed_entries_total``                   feed entries applied
+``control_feed_skipped_total``                   feed entries skipped as invalid (logged)
 ``control_search_requests_total{kind}``          search | autocomplete
 ``control_recompute_runs_total{outcome}``        recommendation batch runs: ok | error
 ``control_recompute_profiles_total``             profiles whose rows the batch stored
@@ -53,6 +58,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "control_catalog_changes": ("Catalog changes", ("source", "op")),
     "control_feed_polls": ("Origin catalog feed polls", ("outcome",)),
     "control_feed_entries": ("Origin catalog feed entries applied", ()),
+    "control_feed_skipped": ("Origin catalog feed entries skipped as invalid", ()),
     "control_search_requests": ("Search requests", ("kind",)),
     "control_recompute_runs": ("Recommendation batch runs", ("outcome",)),
     "control_recompute_profiles": ("Profiles whose home rows the batch stored", ()),

@@ -176,4 +176,21 @@ CREATE TABLE meta (
 )
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", V1),)
+# Playback (control/playback.py): the session's ranked edges ([{"id", "url"}], JSON), so the
+# per-session multivariant playlist names the same first edge the start answered with.
+V2 = """
+ALTER TABLE plays ADD COLUMN edges TEXT NOT NULL DEFAULT '[]'
+"""
+
+# Catalog (control/catalog.py, control/feed.py): whether an episode's media is available. The
+# origin's feed withdraws a title by key; an episode keeps its media_key (so a re-publication
+# finds it again) and is marked unavailable instead.
+V3 = """
+ALTER TABLE episodes ADD COLUMN published INTEGER NOT NULL DEFAULT 1
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", V1),
+    Migration(2, "plays: ranked edges of the session", V2),
+    Migration(3, "episodes: availability from the origin feed", V3),
+)

@@ -94,6 +94,10 @@ _K = TypeVar("_K")
 
 def normalize(text: str) -> str:
     """NFKD, drop combining marks (accents), casefold: 'Amélie' -> 'amelie'."""
+    if text.isascii():
+        # The same result for ASCII (no decompositions, no marks; casefold is lower), about
+        # three times faster: tokenising dominates building the index for a catalogue load.
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     # casefold can reintroduce decomposable characters (e.g. 'ß' -> 'ss' is fine,

@@ -88,15 +88,26 @@ class CatalogFeed:
         self.db.close()
 
 
+_RENDITION_KEYS = ("name", "width", "height", "bandwidth", "codecs", "frame_rate", "audio")
+
+
+def _rendition(r: dict[str, Any], channels: dict[Any, Any]) -> dict[str, Any]:
+    # The audio group and its channel count let the control plane write a per-session
+    # multivariant playlist with the same EXT-X-MEDIA groups as master.m3u8.
+    out = {k: r.get(k) for k in _RENDITION_KEYS}
+    out["audio_channels"] = channels.get(r.get("audio") or "")
+    return out
+
+
 def summary(title: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """The catalog's view of a manifest.json: no per-file list, just what a catalog shows."""
+    channels = {
+        a.get("name"): a.get("channels") for a in manifest.get("audio", []) if isinstance(a, dict)
+    }
     return {
         "title": title,
         "duration": manifest.get("duration"),
-        "renditions": [
-            {k: r.get(k) for k in ("name", "width", "height", "bandwidth", "codecs", "frame_rate")}
-            for r in manifest.get("renditions", [])
-        ],
+        "renditions": [_rendition(r, channels) for r in manifest.get("renditions", [])],
         "hls": "master.m3u8",
         "hls_single_file": "master_single.m3u8",
         "dash": "manifest.mpd",

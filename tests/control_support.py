@@ -182,6 +182,9 @@ def control_settings(db_url: str, tmp_path: Path, **overrides: Any) -> dict[str,
         "listen": "127.0.0.1:0",
         "database": {"url": db_url, "pool_min": 1, "pool_max": 4},
         "kdf": {"n": 2, "r": 1, "p": 1},
+        # Sign-in limits stay at their defaults; sign-ups are loosened so a test can make
+        # many users from one address (tests of the sign-up limit set it themselves).
+        "rate_limits": {"signup_per_address": {"rate": 100, "burst": 1000}},
         "recommend": {"interval": 0},
         "log_level": "debug",
     }

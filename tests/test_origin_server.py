@@ -404,3 +404,26 @@ async def test_clients_resetting_mid_response_leak_no_descriptors(origin_server:
         return n
 
     assert open_on(path) == 0
+
+
+def test_catalog_summary_carries_audio_groups() -> None:
+    """The control plane rebuilds master playlists from the feed: renditions name their audio
+    group and its channel count, as master.m3u8's EXT-X-MEDIA does."""
+    from origin.catalog import summary
+
+    manifest = {
+        "duration": 10.0,
+        "renditions": [
+            {"name": "360p", "width": 640, "height": 360, "bandwidth": 900000,
+             "codecs": "avc1.64001e,mp4a.40.2", "frame_rate": 25.0, "audio": "audio_128k",
+             "segments": 3},
+            {"name": "silent", "width": 320, "height": 180, "bandwidth": 200000,
+             "codecs": "avc1.64000d", "frame_rate": 25.0, "audio": None},
+        ],
+        "audio": [{"name": "audio_128k", "channels": 2, "codecs": "mp4a.40.2"}],
+    }  # fmt: skip
+    s = summary("t1", manifest)
+    assert s["renditions"][0]["audio"] == "audio_128k"
+    assert s["renditions"][0]["audio_channels"] == 2
+    assert "segments" not in s["renditions"][0]
+    assert s["renditions"][1]["audio"] is None and s["renditions"][1]["audio_channels"] is None
