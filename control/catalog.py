@@ -287,13 +287,15 @@ def _entry(row: Mapping[str, Any], popularity: float) -> _Entry:
     )
 
 
-async def bump_version(tx: Tx) -> int:
+async def bump_version(tx: Tx, key: str = "catalog_version") -> int:
     """Bump ``catalog_version`` first in a catalog transaction: the new version. The row lock
-    it takes serialises catalog writers of every instance until the commit."""
+    it takes serialises catalog writers of every instance until the commit. The batch bumps
+    ``popularity_version`` the same way when it replaces the popularity table."""
     row = await tx.fetchone(
-        "INSERT INTO meta(key, value) VALUES ('catalog_version', '1') "
+        "INSERT INTO meta(key, value) VALUES (?, '1') "
         "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT) "
-        "RETURNING value"
+        "RETURNING value",
+        (key,),
     )
     assert row is not None
     return int(row["value"])
@@ -323,6 +325,7 @@ class CatalogStore:
         self._entries: dict[str, _Entry] = {}
         self.version = 0  # the catalog_version the memory reflects
         self._popularity: dict[str, float] = {}
+        self.popularity_version = 0  # the popularity_version the memory reflects
         self._order: list[str] | None = None  # browse order, rebuilt lazily
         self._genres: dict[int, list[dict[str, Any]]] = {}  # per maturity limit
         self._lock = asyncio.Lock()  # one writer of the memory at a time
@@ -331,6 +334,7 @@ class CatalogStore:
 
     async def load(self) -> None:
         """Read every published title (and stored popularity) into memory."""
+        self.popularity_version = await self._meta_int("popularity_version")
         rows = await self.control.db.fetchall("SELECT title_id, score FROM popularity")
         self._popularity = {
             r["title_id"]: float(r["score"]) for r in rows if math.isfinite(float(r["score"]))
@@ -346,12 +350,26 @@ class CatalogStore:
             await asyncio.sleep(REFRESH_INTERVAL)
             try:
                 await self.refresh()
+                await self.refresh_popularity()
             except Exception as exc:  # a database hiccup: try again next time
                 log.warning("event=catalog_refresh_failed error=%r", str(exc)[:200])
 
-    async def db_version(self) -> int:
-        row = await self.control.db.fetchone("SELECT value FROM meta WHERE key = 'catalog_version'")
+    async def _meta_int(self, key: str) -> int:
+        row = await self.control.db.fetchone("SELECT value FROM meta WHERE key = ?", (key,))
         return int(row["value"]) if row else 0
+
+    async def db_version(self) -> int:
+        return await self._meta_int("catalog_version")
+
+    async def refresh_popularity(self) -> bool:
+        """Take the popularity another worker's or instance's batch stored; whether it did."""
+        version = await self._meta_int("popularity_version")
+        if version == self.popularity_version:
+            return False
+        rows = await self.control.db.fetchall("SELECT title_id, score FROM popularity")
+        self.set_popularity({r["title_id"]: float(r["score"]) for r in rows})
+        self.popularity_version = version
+        return True
 
     async def refresh(self) -> bool:
         """Re-synchronise when another instance changed the catalog; whether it did."""

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import recommend
+from .catalog import bump_version
 from .recommend import Row, Title, Watch
 
 log = logging.getLogger("control")
@@ -184,6 +185,7 @@ class HomeStore:
                 " (SELECT profile_id FROM watch_state"
                 " UNION SELECT profile_id FROM ratings WHERE rating = 1)"
             )
+            version = await bump_version(tx, "popularity_version")
             await tx.execute("DELETE FROM popularity")
             await tx.executemany(
                 "INSERT INTO popularity (title_id, score, computed_at) VALUES (?, ?, ?)",
@@ -192,6 +194,7 @@ class HomeStore:
         self._fallback.clear()
         self._scores = None
         c.catalog.set_popularity(trending)
+        c.catalog.popularity_version = version
         return len(stored)
 
     # -- serving -------------------------------------------------------------------------

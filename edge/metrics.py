@@ -108,7 +108,7 @@ def _counter(name: str, doc: str, value: float) -> Metric:
 
 
 def _labelled(kind: type, name: str, doc: str, label: str, items: dict[Any, int]) -> Metric:
-    m = kind(name, doc, labels=[label])
+    m: Metric = kind(name, doc, labels=[label])
     for k, v in sorted(items.items(), key=lambda kv: str(kv[0])):
         m.add_metric([str(k)], v)
     return m

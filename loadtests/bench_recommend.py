@@ -33,6 +33,7 @@ from control.recommend import (
     Watch,
     cowatch_similarity,
     home_rows,
+    shared_inputs,
     trending_scores,
 )
 
@@ -120,8 +121,9 @@ def main() -> None:
     trending = trending_scores(all_train, NOW)
     similar = cowatch_similarity(all_train)
     t1 = time.perf_counter()
+    shared = shared_inputs(titles, trending, NOW)  # once per batch, as recompute() does
     rows = {
-        p: home_rows(p, h, titles, similar=similar, trending=trending, now=NOW, max_maturity=18)
+        p: home_rows(p, h, titles, similar=similar, trending=trending, now=NOW, shared=shared)
         for p, h in train.items()
     }
     t2 = time.perf_counter()

@@ -256,3 +256,23 @@ async def test_the_schedule_survives_a_failed_run() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(store._schedule(0.001), 10)
     assert calls == 2
+
+
+async def test_another_instance_takes_the_batchs_popularity(start_control: Any) -> None:
+    """Workers and instances share one database: the batch runs in one of them, the others
+    pick its popularity (search tie-break, browse order) up on their refresh."""
+    rc1 = await start_control(rate_limits=NO_LIMITS)
+    await seed(rc1, CATALOG)
+    rc2 = await start_control(rate_limits=NO_LIMITS, clock=rc1.clock)
+    viewer = await rc1.signup()
+    await watch(rc1, viewer, "gamma", 60)
+    admin = await rc1.admin()
+    await recompute(rc1, admin)
+    other = rc2.control.catalog
+    assert await other.refresh_popularity() is True
+    assert await other.refresh_popularity() is False  # nothing new since
+    mine = rc1.control.catalog
+    assert other.popularity_version == mine.popularity_version == 1
+    ranked = [t for t, s in sorted(other._popularity.items(), key=lambda kv: -kv[1]) if s > 0]
+    assert ranked and ranked[0] == "gamma"
+    assert other._popularity == mine._popularity
