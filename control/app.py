@@ -188,6 +188,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("event=internal_error route=%s method=%s", route, request.method)
         response = _json_error(500, "internal", "internal error")
+    # An error raised through cors_middleware left it no response to mark: mark it here, so
+    # a browser lets the web player read the error (401, 409 stream_limit, 429...).
+    _allow_origin(request, response)
     elapsed = time.perf_counter() - t0
     c.metrics.inc("control_requests", route, request.method, str(response.status))
     c.metrics.observe(route, elapsed)
@@ -219,11 +222,21 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
             },
         )
     response = await handler(request)
-    if allowed:
-        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else str(origin)
-        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-        response.headers.add("Vary", "Origin")
+    _allow_origin(request, response)
     return response
+
+
+def _allow_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """The CORS headers of an actual (not preflight) response to an allowed origin."""
+    origins = control_of(request).config.cors_origins
+    origin = request.headers.get("Origin")
+    if origin is None or not ("*" in origins or origin in origins):
+        return
+    if "Access-Control-Allow-Origin" in response.headers or response.prepared:
+        return
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else str(origin)
+    response.headers["Access-Control-Expose-Headers"] = "Retry-After"
+    response.headers.add("Vary", "Origin")
 
 
 class AccessLogger(aiohttp.abc.AbstractAccessLogger):

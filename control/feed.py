@@ -120,7 +120,7 @@ def _rendition(raw: Any) -> dict[str, Any]:
     fr = raw.get("frame_rate")
     if isinstance(fr, bool) or not (
         fr is None
-        or (isinstance(fr, int | float) and math.isfinite(fr) and fr >= 0)
+        or (isinstance(fr, int | float) and 0 <= fr < 1e6 and math.isfinite(fr))
         or (isinstance(fr, str) and len(fr) <= 32)
     ):
         raise ValueError("rendition frame_rate is not a rate")
@@ -147,8 +147,8 @@ def parse_entry(raw: Any, since: int, last: int) -> FeedEntry:
     if duration is not None and (
         isinstance(duration, bool)
         or not isinstance(duration, int | float)
+        or not 0 <= duration <= 1e7  # before isfinite: a huge JSON integer overflows a float
         or not math.isfinite(duration)
-        or not 0 <= duration <= 1e7
     ):
         raise ValueError("duration is not a number of seconds")
     renditions = raw.get("renditions", [])

@@ -138,7 +138,8 @@ class Fields:
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(name, "must be a number")
             return default
-        if not math.isfinite(value) or not lo <= value <= hi:
+        # Range first: a JSON integer may be too large for a float (isfinite would raise).
+        if not lo <= value <= hi or (isinstance(value, float) and not math.isfinite(value)):
             self.fail(name, f"must be a number from {lo:g} to {hi:g}")
             return default
         return float(value)

@@ -192,8 +192,8 @@ def clean_rendition(r: object) -> dict[str, Any] | None:
         float(rate)
         if isinstance(rate, int | float)
         and not isinstance(rate, bool)
+        and 0 < rate < 1000  # before isfinite: a huge integer overflows a float
         and math.isfinite(rate)
-        and 0 < rate < 1000
         else 0.0
     )
     out: dict[str, Any] = {

@@ -40,7 +40,13 @@ async def ranked_edges(
             ) as r:
                 if r.status != 200:
                     raise SteeringFailed("error", f"status {r.status}")
-                raw = await r.content.read(MAX_ANSWER_BYTES + 1)
+                # read(n) answers what has arrived (one chunk), not n bytes: read to the end.
+                raw = b""
+                while len(raw) <= MAX_ANSWER_BYTES:
+                    chunk = await r.content.read(MAX_ANSWER_BYTES + 1 - len(raw))
+                    if not chunk:
+                        break
+                    raw += chunk
     except SteeringFailed:
         raise
     except TimeoutError:  # aiohttp's ServerTimeoutError is one too

@@ -394,3 +394,23 @@ async def test_sync_without_a_feed_is_a_conflict(start_control: Any) -> None:
     body = await sync(rc, admin, 409)
     assert body["error"]["code"] == "feed_disabled"
     assert rc.counter("control_feed_polls", "error") == 0
+
+
+def test_entries_with_numbers_too_large_for_a_float_are_skipped_not_fatal() -> None:
+    """A huge JSON integer (duration, frame_rate) is a malformed entry, skipped like any other;
+    it raised OverflowError before, which failed the whole page on every poll (stuck feed)."""
+    from control.feed import parse_page
+
+    huge = 10**400
+    page = {
+        "titles": [
+            {"seq": 1, "title": "long_one", "published": True, "duration": huge},
+            {"seq": 2, "title": "fast_one", "published": True,
+             "renditions": [{"name": "720p", "frame_rate": huge}]},
+            {"seq": 3, "title": "good_one", "published": True, "duration": 10},
+        ],
+        "next": 3,
+    }  # fmt: skip
+    entries, skipped, last = parse_page(page, 0)
+    assert [e.key for e in entries] == ["good_one"] and last == 3
+    assert [seq for seq, _ in skipped] == [1, 2]

@@ -61,6 +61,17 @@ def _problems(doc: dict[str, Any], read: Any) -> dict[str, str]:
         ({"n": 10}, lambda f: f.integer("n", lo=0, hi=9), {"n": "must be from 0 to 9"}),
         ({"x": "1"}, lambda f: f.number("x", lo=0, hi=1), {"x": "must be a number"}),
         ({"x": 2}, lambda f: f.number("x", lo=0, hi=1), {"x": "must be a number from 0 to 1"}),
+        # A JSON integer too large for a float is out of range, not a crash (was a 500).
+        (
+            {"x": 10**400},
+            lambda f: f.number("x", lo=0, hi=1),
+            {"x": "must be a number from 0 to 1"},
+        ),
+        (
+            {"x": -(10**400)},
+            lambda f: f.number("x", lo=0, hi=1),
+            {"x": "must be a number from 0 to 1"},
+        ),
         ({"b": 1}, lambda f: f.boolean("b"), {"b": "must be true or false"}),
         ({"c": "z"}, lambda f: f.choice("c", ("a", "b")), {"c": "must be one of a, b"}),
         ({"l": "a"}, lambda f: f.text_list("l"), {"l": "must be a list of at most 50 strings"}),

@@ -310,3 +310,10 @@ def test_playlist_refuses_a_steering_uri_with_a_quote() -> None:
 
     with pytest.raises(SteeringError):
         hls_multivariant(allowed_renditions(LADDER, 720), prefix=PREFIX, steering_uri='x"y')
+
+
+def test_a_frame_rate_too_large_for_a_float_is_unknown_not_a_crash() -> None:
+    r = {"name": "720p", "width": 1280, "height": 720, "bandwidth": 2_800_000,
+         "codecs": "avc1.64001f", "frame_rate": 10**400}  # fmt: skip
+    cleaned = clean_rendition(r)
+    assert cleaned is not None and cleaned["frame_rate"] == 0.0

@@ -766,3 +766,43 @@ async def test_bad_input_is_400(start_control: Any, keys_file: Path) -> None:
     assert (await rc.api.post("/v1/playback", json={})).status == 401
     assert (await rc.api.get("/v1/playback")).status == 401
     assert (await rc.api.get("/v1/playback", params={"limit": "0"}, token=user.token)).status == 400
+
+
+async def test_a_steering_answer_arriving_in_several_chunks_is_read_whole(
+    start_control: Any, keys_file: Path
+) -> None:
+    """The answer is read to its end, not just its first chunk (which would fail to parse and
+    fall back to the origin although steering answered)."""
+
+    async def steer(request: web.Request) -> web.StreamResponse:
+        body = json.dumps(
+            {"edges": [{"edge": f"par{i}", "url": f"http://e{i}.test:8080"} for i in range(40)]}
+        ).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for i in range(0, len(body), 200):
+            await response.write(body[i : i + 200])
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/steer", steer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        rc = await start_control(
+            playback=playback_config(
+                keys_file, steering_url=url, origin_url="http://origin.test:8080"
+            )
+        )
+        await add_title(rc)
+        user = await rc.subscriber("standard")
+        r = await start(rc, user)
+        assert r.status == 201, r
+        assert [e["id"] for e in r.body["edges"]] == [f"par{i}" for i in range(40)]
+        assert rc.counter("control_playback_starts", "steering_fallback") == 0
+    finally:
+        await runner.cleanup()
