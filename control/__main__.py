@@ -19,8 +19,10 @@ import contextlib
 import getpass
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,13 +31,20 @@ from .config import ConfigError, ControlConfig, load_config
 log = logging.getLogger("control")
 
 
-async def serve(config: ControlConfig, *, primary: bool = True, reuse_port: bool = False) -> None:
+async def serve(
+    config: ControlConfig,
+    *,
+    primary: bool = True,
+    reuse_port: bool = False,
+    worker: int = 0,
+    metrics_dir: Path | None = None,
+) -> None:
     from aiohttp import web
 
     from .app import AccessLogger, create_app
 
     runner = web.AppRunner(
-        create_app(config, primary=primary),
+        create_app(config, primary=primary, worker=worker, metrics_dir=metrics_dir),
         handle_signals=False,
         access_log=log,
         access_log_class=AccessLogger,
@@ -94,8 +103,17 @@ async def _create_admin(config: ControlConfig, email: str, password: str) -> int
     return 0
 
 
-def _run_serve(config: ControlConfig, *, primary: bool, reuse_port: bool) -> None:
-    coro = serve(config, primary=primary, reuse_port=reuse_port)
+def _run_serve(
+    config: ControlConfig,
+    *,
+    primary: bool,
+    reuse_port: bool,
+    worker: int = 0,
+    metrics_dir: Path | None = None,
+) -> None:
+    coro = serve(
+        config, primary=primary, reuse_port=reuse_port, worker=worker, metrics_dir=metrics_dir
+    )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
@@ -114,12 +132,16 @@ def _serve_workers(config: ControlConfig) -> int:
         _run_serve(config, primary=True, reuse_port=False)
         return 0
     children: list[int] = []
+    metrics_dir = Path(tempfile.mkdtemp(prefix="opencdn-control-metrics-"))
     for i in range(config.workers):
         pid = os.fork()
         if pid == 0:  # the worker
+            _die_with_parent()
             code = 0
             try:
-                _run_serve(config, primary=i == 0, reuse_port=True)
+                _run_serve(
+                    config, primary=i == 0, reuse_port=True, worker=i, metrics_dir=metrics_dir
+                )
             except BaseException:
                 log.exception("event=worker_failed worker=%d", i)
                 code = 1
@@ -147,7 +169,24 @@ def _serve_workers(config: ControlConfig) -> int:
                 log.error("event=worker_exited pid=%d note=%r", pid, "stopping the others")
                 forward(signal.SIGTERM, None)
             status = 1
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return status
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the parent dies (even by SIGKILL), so no orphan keeps
+    serving on the port under a supervisor that only tracks the parent."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _read_password(path: Path | None) -> str:
@@ -197,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)sZ level=%(levelname)s logger=%(name)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
+    # The pool's retry warnings span two lines each; our own events say the same in one.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     from .db import DatabaseError
 
     try:
@@ -209,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         password = _read_password(args.password_file)
         return asyncio.run(_create_admin(config, args.email, password))
     except DatabaseError as exc:
-        print(f"database error: {exc}", file=sys.stderr)
+        where = f"{args.config}: " if args.config else ""
+        print(
+            f"database error ({where}database.url {config.database.redacted_url}): {exc}",
+            file=sys.stderr,
+        )
         return 1
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)

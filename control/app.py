@@ -18,6 +18,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -66,6 +67,10 @@ class Control:
         # Singleton jobs (recommendation schedule, origin feed poller) run in the primary
         # worker only; every worker refreshes its own catalog index.
         self.primary = True
+        # With several workers: this one's number and the directory where each publishes a
+        # snapshot of its metrics for the others' /metrics answers.
+        self.worker = 0
+        self.metrics_dir: Path | None = None
 
     def spawn(self, coro: Awaitable[None], name: str) -> None:
         self.tasks.append(asyncio.ensure_future(_logged(coro, name)))
@@ -161,6 +166,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         retry = exc.details.get("retry_after") if exc.details else None
         if retry is not None:
             response.headers["Retry-After"] = str(max(1, int(retry + 0.999)))
+        if exc.status == 401:
+            # RFC 9110 section 11.6.1: a 401 names the scheme that would work (RFC 6750).
+            response.headers["WWW-Authenticate"] = 'Bearer realm="opencdn"'
+
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -262,21 +271,41 @@ async def _healthz(request: web.Request) -> web.Response:
     try:
         await c.db.ping()
     except dbmod.DatabaseError as exc:
-        return web.json_response({"status": "unavailable", "database": str(exc)[:200]}, status=503)
+        # The reason goes to the log, not to whoever polls the health check.
+        log.error("event=healthz_failed error=%r", str(exc)[:200])
+        return web.json_response({"status": "unavailable", "database": c.db.dialect}, status=503)
     return web.json_response(
         {
             "status": "ok",
             "database": c.db.dialect,
-            "titles": c.metrics.gauges["control_catalog_titles"],
+            "titles": int(c.metrics.gauges["control_catalog_titles"]),
         }
     )
 
 
 async def _metrics(request: web.Request) -> web.Response:
+    c = control_of(request)
+    registry = c.metrics.registry
+    if c.metrics_dir is not None:
+        from .metrics import Metrics, read_snapshots
+
+        others = read_snapshots(c.metrics_dir, f"worker-{c.worker}.json")
+        registry = Metrics.merged([c.metrics.snapshot(), *others]).registry
     return web.Response(
-        body=generate_latest(control_of(request).metrics.registry),
-        headers={"Content-Type": CONTENT_TYPE_LATEST},
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
+
+
+async def _publish_metrics(c: Control) -> None:
+    """Every second, this worker's snapshot for the others' /metrics (see control/metrics.py)."""
+    assert c.metrics_dir is not None
+    path = c.metrics_dir / f"worker-{c.worker}.json"
+    while True:
+        try:
+            c.metrics.write_snapshot(path)
+        except OSError as exc:
+            log.warning("event=metrics_snapshot_failed error=%r", str(exc)[:200])
+        await asyncio.sleep(1.0)
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -333,6 +362,8 @@ async def running(c: Control, *, background: bool = True) -> AsyncIterator[Contr
             if c.metrics.gauges["control_catalog_titles"] >= 1000:
                 gc.collect()
             gc.freeze()
+            if c.metrics_dir is not None:
+                c.spawn(_publish_metrics(c), "metrics_snapshot")
             for store in (c.accounts, c.billing, c.catalog, c.feed, c.home, c.playback):
                 start = getattr(store, "start", None)
                 if start is not None:
@@ -357,7 +388,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(
-    config: ControlConfig, *, clock: Callable[[], float] = time.time, primary: bool = True
+    config: ControlConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    primary: bool = True,
+    worker: int = 0,
+    metrics_dir: Path | None = None,
 ) -> web.Application:
     from .routes import ROUTE_TABLES
 
@@ -367,6 +403,8 @@ def create_app(
     )
     app[CONTROL] = Control(config, clock=clock)
     app[CONTROL].primary = primary
+    app[CONTROL].worker = worker
+    app[CONTROL].metrics_dir = metrics_dir
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)

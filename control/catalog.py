@@ -335,6 +335,7 @@ class CatalogStore:
     async def load(self) -> None:
         """Read every published title (and stored popularity) into memory."""
         self.popularity_version = await self._meta_int("popularity_version")
+        await self._recompute_gauge()
         rows = await self.control.db.fetchall("SELECT title_id, score FROM popularity")
         self._popularity = {
             r["title_id"]: float(r["score"]) for r in rows if math.isfinite(float(r["score"]))
@@ -369,7 +370,16 @@ class CatalogStore:
         rows = await self.control.db.fetchall("SELECT title_id, score FROM popularity")
         self.set_popularity({r["title_id"]: float(r["score"]) for r in rows})
         self.popularity_version = version
+        await self._recompute_gauge()
         return True
+
+    async def _recompute_gauge(self) -> None:
+        """The last batch's time, wherever it ran (a worker, another instance, the CLI)."""
+        row = await self.control.db.fetchone("SELECT value FROM meta WHERE key = 'recompute_at'")
+        if row is not None:
+            self.control.metrics.set_gauge(
+                "control_recompute_last_success_seconds", float(row["value"])
+            )
 
     async def refresh(self) -> bool:
         """Re-synchronise when another instance changed the catalog; whether it did."""

@@ -21,8 +21,8 @@ hop. Reads use their own connection, so they see only committed data while a wri
 transaction is open; writes share one connection behind an asyncio lock. Several processes
 may open the same file (WAL); a writer waits up to ``busy_timeout`` for another.
 ``synchronous=NORMAL`` in WAL mode loses nothing when a process is killed; a power cut may
-lose the last commits (use PostgreSQL, or set ``sqlite_synchronous: full``, where that
-matters).
+lose the last commits (``connect(..., sqlite_synchronous="FULL")`` trades write latency for
+that; deployments where it matters run PostgreSQL).
 """
 
 from __future__ import annotations
@@ -157,7 +157,12 @@ class SqliteDatabase:
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 5000):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UnavailableError(
+                f"sqlite: cannot create the directory {path.parent}: {exc.strerror}"
+            ) from None
         self._writer = self._open(synchronous, busy_timeout_ms)
         self._reader = self._open(synchronous, busy_timeout_ms)
         self._lock = asyncio.Lock()
@@ -290,6 +295,11 @@ class PostgresDatabase:
         try:
             async with _pg_errors():
                 await pool.open(wait=True, timeout=timeout)
+        except UnavailableError as exc:
+            await pool.close()
+            # The pool only says it timed out; one direct attempt tells why (refused,
+            # unknown host, authentication, no such database).
+            raise UnavailableError(f"postgresql: {await _why_unreachable(url) or exc}") from None
         except BaseException:
             await pool.close()
             raise
@@ -326,6 +336,17 @@ class PostgresDatabase:
 
     async def close(self) -> None:
         await self._pool.close()
+
+
+async def _why_unreachable(url: str) -> str | None:
+    import psycopg
+
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=3)
+    except psycopg.Error as exc:
+        return " ".join(str(exc).split())[:300]
+    await conn.close()
+    return None
 
 
 # -- opening and migrating ------------------------------------------------------------------

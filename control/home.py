@@ -63,7 +63,9 @@ def _batch(
         _watch(
             r["profile_id"],
             r["title_id"],
-            r["client_at"],
+            # A device clock a little ahead (accepted up to 5 min) must not hide a watch the
+            # server already has from this run: it happened no later than now.
+            min(float(r["client_at"]), now),
             r["position"],
             r["duration"],
             r["finished"],
@@ -186,6 +188,11 @@ class HomeStore:
                 " UNION SELECT profile_id FROM ratings WHERE rating = 1)"
             )
             version = await bump_version(tx, "popularity_version")
+            await tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('recompute_at', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (repr(now),),
+            )
             await tx.execute("DELETE FROM popularity")
             await tx.executemany(
                 "INSERT INTO popularity (title_id, score, computed_at) VALUES (?, ?, ?)",

@@ -31,12 +31,21 @@ undeclared name or wrong labels, so the exposition and this table cannot drift a
 ==========================================  ==============================================
 
 Gauges: ``control_catalog_titles`` (titles in the search index), ``control_catalog_version``,
-``control_recompute_last_success_seconds`` (unix time; 0 before the first run).
+``control_recompute_last_success_seconds`` (unix time of the last successful batch, wherever it
+ran; 0 before the first run).
+
+Several workers (``workers: N``): each process counts its own requests, and every second
+writes a snapshot of its series to a directory the parent made; ``/metrics``, whichever worker
+answers it, sums every worker's latest snapshot (gauges: the largest), so a scrape sees the
+whole service and counters never go backwards between scrapes that land on different workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -66,6 +75,12 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "control_db_errors": ("Database errors", ("kind",)),
 }
 
+GAUGES: dict[str, str] = {
+    "control_catalog_titles": "Published titles in this process's search index",
+    "control_catalog_version": "Catalog version this process's index reflects",
+    "control_recompute_last_success_seconds": "Unix time of the last successful batch run",
+}
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -73,11 +88,7 @@ class Metrics:
     def __init__(self) -> None:
         self.counters: dict[str, dict[tuple[str, ...], int]] = {n: {} for n in COUNTERS}
         self.latency: dict[str, Histogram] = {}
-        self.gauges: dict[str, float] = {
-            "control_catalog_titles": 0.0,
-            "control_catalog_version": 0.0,
-            "control_recompute_last_success_seconds": 0.0,
-        }
+        self.gauges: dict[str, float] = dict.fromkeys(GAUGES, 0.0)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -106,6 +117,58 @@ class Metrics:
             raise KeyError(name)
         self.gauges[name] = value
 
+    # -- several worker processes -----------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "counters": {n: [[list(k), v] for k, v in s.items()] for n, s in self.counters.items()},
+            "latency": {r: [h.counts, h.sum] for r, h in self.latency.items()},
+            "gauges": dict(self.gauges),
+        }
+
+    def write_snapshot(self, path: Path) -> None:
+        """Atomically (temporary name, rename): a reader never sees half a snapshot."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.snapshot(), separators=(",", ":")))
+        os.replace(tmp, path)
+
+    @classmethod
+    def merged(cls, snapshots: Iterable[dict[str, Any]]) -> Metrics:
+        out = cls()
+        for snap in snapshots:
+            for name, series in snap.get("counters", {}).items():
+                if name not in out.counters:
+                    continue  # a worker of another version: skip what we do not declare
+                target = out.counters[name]
+                for labels, n in series:
+                    key = tuple(labels)
+                    target[key] = target.get(key, 0) + int(n)
+            for route, (counts, total) in snap.get("latency", {}).items():
+                h = out.latency.get(route)
+                if h is None:
+                    h = out.latency[route] = Histogram(LATENCY_BUCKETS)
+                if len(counts) == len(h.counts):
+                    h.counts = [a + b for a, b in zip(h.counts, counts, strict=True)]
+                    h.sum += total
+            for name, value in snap.get("gauges", {}).items():
+                if name in out.gauges:
+                    out.gauges[name] = max(out.gauges[name], float(value))
+        return out
+
+
+def read_snapshots(directory: Path, skip: str) -> list[dict[str, Any]]:
+    """Every worker's latest snapshot in ``directory`` but the file named ``skip`` (the
+    caller's own, which it has live); an unreadable file is left out."""
+    out = []
+    for path in sorted(directory.glob("worker-*.json")):
+        if path.name == skip:
+            continue
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
 
 class _Collector(Collector):
     def __init__(self, m: Metrics) -> None:
@@ -124,6 +187,6 @@ class _Collector(Collector):
             h.add_metric([route], hist.cumulative(), hist.sum)
         yield h
         for name, value in self.m.gauges.items():
-            g = GaugeMetricFamily(name, name.replace("_", " "))
+            g = GaugeMetricFamily(name, GAUGES[name])
             g.add_metric([], value)
             yield g

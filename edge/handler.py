@@ -19,7 +19,6 @@ connection: the client sees a truncated response, never a wrong body.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -34,7 +33,7 @@ from .response import KEEP as _KEEP
 from .response import Plan, build, evaluate, not_modified
 from .server import Connection, ConnectionAborted, http_date_now, simple_response
 from .store import ObjectMeta, SliceHandle, SliceStore
-from .tokens import TokenRejected, TokenVerifier, split_token
+from .tokens import TokenRejected, TokenVerifier, redact, split_token
 
 if TYPE_CHECKING:
     from .config import EdgeConfig
@@ -58,7 +57,6 @@ PREFLIGHT = (
     "If-Match, If-Unmodified-Since\r\n"
     "Access-Control-Max-Age: 86400\r\n"
 )
-_TOKEN_IN_PATH = re.compile(r"/_t/[^/]*")
 # Slices a response may span and still be answered from data_received (16 MiB at 2 MiB).
 FAST_SLICES = 8
 
@@ -69,8 +67,7 @@ Segment = bytes | tuple[SliceHandle, int, int]
 
 def _log_path(path: str) -> str:
     """The request path as logged: never a token, wherever it appears."""
-    path = split_token(path)[1]
-    return _TOKEN_IN_PATH.sub("/_t/-", path) if "/_t/" in path else path
+    return redact(split_token(path)[1])
 
 
 class ObjectChanged(EdgeError):

@@ -107,6 +107,7 @@ __all__ = [
     "TokenVerifier",
     "generate_key_line",
     "load_keys",
+    "redact",
     "sign",
     "signed_path",
     "split_token",
@@ -295,6 +296,14 @@ def split_token(path: str) -> tuple[str | None, str]:
     if end < 0:
         return path[_TOKEN_PREFIX_LEN:], "/"
     return path[_TOKEN_PREFIX_LEN:end], path[end:]
+
+
+_TOKEN_IN_PATH = re.compile(r"/_t/[^/]*")
+
+
+def redact(path: str) -> str:
+    """The path as it may be logged: every token segment replaced by "-"."""
+    return _TOKEN_IN_PATH.sub("/_t/-", path) if "/_t/" in path else path
 
 
 def _verify_token(

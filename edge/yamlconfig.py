@@ -26,8 +26,11 @@ def read_yaml(path: Path | None, error: type[ValueError]) -> tuple[str, object]:
         raise error(f"{source}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise error(f"{source}:{where}: invalid YAML") from None
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        raise error(
+            f"{source}:{where}: invalid YAML" + (f": {problem}" if problem else "")
+        ) from None
 
 
 class KeyChecker:

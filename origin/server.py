@@ -32,6 +32,7 @@ from edge.metrics import Histogram
 from edge.ranges import unsatisfied_range
 from edge.response import Plan, build, evaluate, not_modified
 from edge.server import Connection, ConnectionAborted, http_date_now, simple_response
+from edge.tokens import redact
 
 from .catalog import CatalogFeed
 from .storage import InvalidKey, ObjectInfo, Storage, StorageError, check_key
@@ -107,7 +108,7 @@ class OriginHandler:
             access.info(
                 "event=request method=%s path=%s status=%d bytes=%d ms=%.2f peer=%s",
                 req.method,
-                req.path,
+                redact(req.path),  # a player's signed token never reaches the log
                 status,
                 sent,
                 (time.perf_counter() - t0) * 1000,

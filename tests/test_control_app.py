@@ -11,6 +11,7 @@ async def test_starts_migrated_and_healthy(start_control: Any) -> None:
     assert r.status == 200, r
     assert r.body["status"] == "ok"
     assert r.body["database"] in ("sqlite", "postgresql")
+    assert r.body["titles"] == 0 and isinstance(r.body["titles"], int)
     r = await rc.api.get("/metrics")
     assert r.status == 200
     assert "control_requests_total" in r.body
@@ -93,6 +94,8 @@ async def test_every_error_has_one_shape_and_is_counted(start_control: Any) -> N
     for method, path, kw, status, code in cases:
         r = await rc.api.call(method, path, **kw)
         assert (r.status, r.body["error"]["code"]) == (status, code), (path, r)
+        if status == 401:
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
         assert isinstance(r.body["error"]["message"], str) and r.body["error"]["message"]
     assert rc.counter("control_requests", "/v1/sessions", "POST", "413") == 1
     assert rc.counter("control_requests", "/v1/account", "GET", "401") == 2

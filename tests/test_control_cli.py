@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -131,6 +132,12 @@ async def test_serve_create_admin_sign_in_and_stop(
                 base + "/v1/account", headers={"Authorization": f"Bearer {body['token']}"}
             ) as r:
                 assert (await r.json())["role"] == "admin"
+            # /metrics counts the whole service, whichever worker answers the scrape.
+            for _ in range(10):
+                async with http.get(base + "/v1/plans") as r:
+                    assert r.status == 200
+            seen = await _plans_count(http, base, want=10)
+            assert seen == 10
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
         rest = (await proc.stderr.read()).decode()
@@ -143,6 +150,25 @@ async def test_serve_create_admin_sign_in_and_stop(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def _plans_count(http: aiohttp.ClientSession, base: str, want: int) -> int:
+    """Scrape until the counted GET /v1/plans requests reach ``want`` (workers publish their
+    counts every second); a count must never go down between scrapes."""
+    pattern = re.compile(r'control_requests_total\{[^}]*route="/v1/plans"[^}]*\} (\S+)')
+    last = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while loop.time() < deadline:
+        async with http.get(base + "/metrics") as r:
+            text = await r.text()
+        count = int(sum(float(v) for v in pattern.findall(text)))
+        assert count >= last, "a counter went backwards"
+        last = count
+        if count >= want:
+            return count
+        await asyncio.sleep(0.1)
+    return last
 
 
 def test_recompute_runs_once(tmp_path: Path, control_db_url: str) -> None:

@@ -276,3 +276,17 @@ async def test_another_instance_takes_the_batchs_popularity(start_control: Any) 
     ranked = [t for t, s in sorted(other._popularity.items(), key=lambda kv: -kv[1]) if s > 0]
     assert ranked and ranked[0] == "gamma"
     assert other._popularity == mine._popularity
+    # The batch's time is known everywhere, not only where it ran.
+    gauge = "control_recompute_last_success_seconds"
+    assert rc2.control.metrics.gauges[gauge] == rc1.control.metrics.gauges[gauge] == rc1.clock.now
+
+
+async def test_a_watch_from_a_clock_slightly_ahead_counts_in_the_next_batch(
+    start_control: Any,
+) -> None:
+    rc = await start_control(rate_limits=NO_LIMITS)
+    await seed(rc, CATALOG)
+    viewer = await rc.signup()
+    await watch(rc, viewer, "gamma", -120)  # the device's clock is two minutes ahead
+    body = await recompute(rc, await rc.admin())
+    assert body["profiles"] == 1

@@ -427,3 +427,27 @@ def test_catalog_summary_carries_audio_groups() -> None:
     assert s["renditions"][0]["audio_channels"] == 2
     assert "segments" not in s["renditions"][0]
     assert s["renditions"][1]["audio"] is None and s["renditions"][1]["audio_channels"] is None
+
+
+async def test_signed_tokens_never_reach_the_access_log(tmp_path: Path, client, caplog) -> None:
+    (tmp_path / "fill.tokens").write_text(f"{FILL}\n")
+    (tmp_path / "origin.yaml").write_text(
+        "listen: 127.0.0.1:0\n"
+        f"storage: {{backend: local, root: {tmp_path / 'assets'}}}\n"
+        f"fill_credentials_file: {tmp_path / 'fill.tokens'}\n"
+        f"catalog_db: {tmp_path / 'catalog.sqlite'}\n"
+        "access_log: true\n"
+    )
+    runner = web.AppRunner(create_app(load_config(tmp_path / "origin.yaml")), handle_signals=False)
+    await runner.setup()
+    try:
+        port = runner.app[ORIGIN].server.port  # type: ignore[union-attr]
+        secret = "k1.1999999999.L3YvdDEv..SECRETMACSECRETMACSEC"
+        with caplog.at_level("INFO", logger="origin.access"):
+            async with client.get(f"http://127.0.0.1:{port}/_t/{secret}/v/t1/a.m4s") as r:
+                assert r.status == 401
+        lines = [r.getMessage() for r in caplog.records if r.name == "origin.access"]
+        assert lines and all("SECRETMAC" not in line for line in lines)
+        assert any("/_t/-/v/t1/a.m4s" in line for line in lines)
+    finally:
+        await runner.cleanup()
