@@ -18,14 +18,19 @@ Uniform errors. Sign-in with an unknown address and with a wrong password answer
 address that already has an account answers 409 ``conflict`` ("cannot create an account with
 these details"): like most streaming services we do reveal at sign-up that an address is
 taken (the alternative, a silent "check your mail", needs an e-mail round trip this service
-does not have). Enumeration through sign-up is bounded by the per-address sign-up rate limit
-(``rate_limits.signup_per_address``, 3 at once then one per 20 s by default), and the
-sign-in limits apply per address and per normalised e-mail whether or not it has an account,
-so a refusal there reveals nothing either.
+does not have). Enumeration through sign-up is bounded by the sign-up rate limits, per client
+address (``rate_limits.signup_per_address``, 3 at once then one per 20 s by default) and per
+normalised e-mail whether or not it has an account (``rate_limits.signup_per_account``, 3 at
+once then one per 100 s), and the sign-in limits apply per address and per normalised e-mail
+whether or not it has an account, so a refusal there reveals nothing either.
+``create_account`` (the CLI's create-admin, run by an operator) says plainly that the address
+is taken, and its errors read well on their own (no "invalid body: " prefix).
 
 Rate limits are token buckets in this process (control.auth.RateLimiter, clock =
 ``control.clock``); with several instances each keeps its own, so the effective limit is the
-configured one times the instances. ``rate_limits.enabled: false`` turns them off.
+configured one times the instances. ``rate_limits.enabled: false`` turns them off. The client
+address keying the per-address ones is control.clients.client_address: the TCP peer, or,
+when that is a ``trusted_proxies`` reverse proxy, the client it names in X-Forwarded-For.
 
 Serialisation. Writes that check a per-account cap (sessions, profiles) first bump
 ``accounts.version`` inside their transaction, which serialises them per account on both
@@ -63,6 +68,7 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 _MAX_TOKEN_CHARS = 256
 BAD_CREDENTIALS = "wrong e-mail or password"
 SIGNUP_CONFLICT = "cannot create an account with these details"
+EMAIL_TAKEN = "an account with this e-mail already exists"  # create_account (operators) only
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +198,12 @@ class AccountStore:
             name: auth.RateLimiter(
                 rate=getattr(rl, name).rate, burst=getattr(rl, name).burst, clock=control.clock
             )
-            for name in ("signin_per_address", "signin_per_account", "signup_per_address")
+            for name in (
+                "signin_per_address",
+                "signin_per_account",
+                "signup_per_address",
+                "signup_per_account",
+            )
         }
 
     # -- helpers ----------------------------------------------------------------------------
@@ -211,7 +222,9 @@ class AccountStore:
                 None, functools.partial(auth.hash_password, password, params=self.kdf)
             )
         except ValueError as exc:
-            raise bad_field(field, str(exc)) from None
+            # auth's reasons start with "password " ("password must be at least 8
+            # characters"); the field name takes its place.
+            raise bad_field(field, str(exc).removeprefix("password ")) from None
 
     async def _verify(self, password: str, encoded: str) -> bool:
         loop = asyncio.get_running_loop()
@@ -299,31 +312,34 @@ class AccountStore:
     async def create_account(
         self, email: str, password: str, role: str = "user", *, profile_name: str | None = None
     ) -> Account:
-        """An account with its first profile (what sign-up and the CLI's create-admin do);
-        BadRequest for an unusable address or password, Conflict if the address is taken."""
-        account, _ = await self._create(email, password, role, profile_name)
-        return account
-
-    async def _create(
-        self, email: str, password: str, role: str, profile_name: str | None
-    ) -> tuple[Account, Profile]:
+        """An account with its first profile (the CLI's create-admin). For an operator, not
+        the HTTP sign-up: no rate limit, and errors whose ``message`` reads well on its own:
+        BadRequest for an unusable role, address or password (``"password must be at least 8
+        characters"``, with ``details.fields`` as usual), Conflict ``"an account with this
+        e-mail already exists"`` if the address is taken."""
         if role not in ROLES:
-            raise bad_field("role", f"must be one of {', '.join(ROLES)}")
-        address = normalize_email(email)
-        # Hash first: a taken address then costs as long as a new one.
-        encoded = await self._hash(password)
+            reason = f"must be one of {', '.join(ROLES)}"
+            raise BadRequest(f"role {reason}", {"fields": {"role": reason}})
+        try:
+            address = auth.normalize_email(email)
+        except ValueError as exc:
+            raise BadRequest(str(exc), {"fields": {"email": str(exc)}}) from None
+        try:
+            encoded = await self._hash(password)
+        except BadRequest as exc:
+            reason = exc.details["fields"]["password"]
+            raise BadRequest(f"password {reason}", exc.details) from None
         now = self._now()
+        name = self._first_profile_name(address, profile_name)
         try:
             async with self.db.transaction() as tx:
                 if await tx.fetchone("SELECT id FROM accounts WHERE email = ?", (address,)):
-                    raise Conflict(SIGNUP_CONFLICT)
-                account, profile = await self._insert_account(
-                    tx, address, encoded, role, self._first_profile_name(address, profile_name), now
-                )
-        except IntegrityError:  # a concurrent sign-up with the same address won
-            raise Conflict(SIGNUP_CONFLICT) from None
+                    raise Conflict(EMAIL_TAKEN)
+                account, _ = await self._insert_account(tx, address, encoded, role, name, now)
+        except IntegrityError:  # a concurrent creation with the same address won
+            raise Conflict(EMAIL_TAKEN) from None
         log.info("event=account_created account=%s role=%s", account.id, role)
-        return account, profile
+        return account
 
     async def signup(
         self, email: str, password: str, name: str | None, remote: str, device: str = ""
@@ -337,6 +353,9 @@ class AccountStore:
             m.inc("control_signups", "invalid")
             raise
         self.check_rate("signup_per_address", remote, "control_signups")
+        # Per e-mail too, whether or not it has an account (so a refusal reveals nothing):
+        # bounds probing one address for an account from many client addresses.
+        self.check_rate("signup_per_account", address, "control_signups")
         try:
             encoded = await self._hash(password)
         except BadRequest:

@@ -14,18 +14,40 @@ subscription row; its life:
   days without access are not refunded). Only a payment after that whole period is over buys
   a period from now. Until it is paid the account is not entitled. Voiding it ends the
   subscription.
-* ``PUT /v1/subscription {plan_id}``: an upgrade (a higher price) takes effect at once, and
-  the next renewal invoice is at the new price; there is no prorated charge for the rest of
-  the current period (documented simplification: the customer gets the better plan for the
-  remainder of a period already paid). A downgrade (same or lower price) is stored as
-  ``next_plan_id`` and applies from the next period (the renewal invoice is for it). Choosing
-  the current plan again drops a pending downgrade. While pending, a change replaces the open
-  invoice. Changing the plan of a subscription canceled at period end resumes it.
+* ``PUT /v1/subscription {plan_id}`` on a paid-up subscription (active, or canceled at
+  period end and still inside its period):
+
+  - An upgrade (a plan with a higher price in the same currency) makes an open invoice of kind
+    ``upgrade`` for the prorated difference: ``(new price - current price) x (period_end -
+    now) / (period_end - period_start)``, computed exactly and rounded half up to a whole cent,
+    at least 1 cent (see :func:`prorated_cents`). Its period is ``now .. period_end`` and its
+    plan the new one. Nothing changes until it is paid: entitlement and the next renewal stay
+    on the current plan. Paying it switches ``plan_id`` for the rest of the paid period (the
+    period is not extended) and the renewal is then at the new price. Voiding it leaves the
+    subscription on its current plan. An upgrade invoice can only be paid inside the period it
+    was made for: once that period is over it is voided (when the renewal is made) and paying
+    it is a Conflict.
+  - A downgrade (same or lower price) is stored as ``next_plan_id`` and applies from the next
+    period (the renewal invoice is for it). So is a change to a plan in another currency,
+    which cannot be prorated.
+  - Choosing the current plan again keeps it: it drops a scheduled downgrade or an unpaid
+    upgrade.
+
+  Each change replaces the previous pending one: an upgrade after a scheduled downgrade cancels
+  the downgrade, a second upgrade while one is unpaid voids the first's invoice, a downgrade
+  voids an unpaid upgrade's invoice. Any change of a subscription canceled at period end
+  resumes it (``status = active``, it renews again at period end), for an upgrade already when
+  it is requested, not when its invoice is paid. While the subscription is pending (first
+  invoice unpaid), a change replaces the open invoice with one for the new plan.
 * ``DELETE /v1/subscription`` cancels at period end (``status = canceled``,
   ``cancel_at_period_end = 1``): the plan stays usable until ``period_end``, no renewal is
   made. A pending subscription ends at once (its invoice is voided).
 * A subscription that has ended (canceled and past its period, or lapsed: past its period
   with the renewal unpaid) may be replaced by a new ``POST``.
+
+Invoices have a ``kind``: ``period`` (the first invoice or a renewal: it buys a period) or
+``upgrade`` (the prorated difference of an upgrade: it buys the new plan for the rest of the
+current period). An account has at most one open invoice at a time.
 
 ``entitlement(account_id)`` is the plan playback may use now: status active or canceled and
 ``now < period_end``; None otherwise (pending, expired, none).
@@ -43,7 +65,9 @@ subscription or both extend a period.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
+from fractions import Fraction
 from typing import Any, Protocol
 
 from .config import PlanConfig
@@ -55,10 +79,11 @@ log = logging.getLogger("control")
 DAY = 86400.0
 SUBSCRIPTION_STATUSES = ("pending", "active", "canceled")
 INVOICE_STATUSES = ("open", "paid", "void")
+INVOICE_KINDS = ("period", "upgrade")
 
 _INVOICE_COLS = (
     "id, account_id, plan_id, amount_cents, currency, status, period_start, period_end, "
-    "provider, reference, created_at, paid_at"
+    "provider, reference, created_at, paid_at, kind"
 )
 _SUB_COLS = (
     "account_id, plan_id, status, period_start, period_end, cancel_at_period_end, "
@@ -113,7 +138,28 @@ def invoice_json(row: dict[str, Any]) -> dict[str, Any]:
         "reference": row["reference"],
         "created_at": float(row["created_at"]),
         "paid_at": None if row["paid_at"] is None else float(row["paid_at"]),
+        "kind": row["kind"],
     }
+
+
+def prorated_cents(diff_cents: int, period_start: float, period_end: float, now: float) -> int:
+    """What an upgrade costs for the rest of a paid period: ``diff_cents`` (the difference of
+    the two plans' prices per period) times the fraction of the period still to come,
+    ``(period_end - now) / (period_end - period_start)``.
+
+    Rounding: the product is computed exactly (as fractions of the stored float times) and
+    rounded half up to a whole cent (0.5 cent and more up, less down); the result is at
+    least 1 cent, so an upgrade in the last moments of a period is never free. A degenerate
+    period (``period_end <= period_start``) counts as wholly remaining.
+    """
+    if diff_cents <= 0:
+        raise ValueError("an upgrade costs more")
+    length = Fraction(period_end) - Fraction(period_start)
+    remaining = Fraction(period_end) - Fraction(now)
+    fraction = (
+        Fraction(1) if length <= 0 else min(Fraction(1), max(Fraction(0), remaining / length))
+    )
+    return max(1, math.floor(diff_cents * fraction + Fraction(1, 2)))
 
 
 def _opt(v: Any) -> float | None:
@@ -174,11 +220,17 @@ class BillingStore:
         return row
 
     @staticmethod
-    async def _open_invoice(tx: Any, account_id: str) -> dict[str, Any] | None:
+    async def _open_invoice(
+        tx: Any, account_id: str, kind: str | None = None
+    ) -> dict[str, Any] | None:
+        """The account's newest open invoice (of ``kind``, if given)."""
+        sql = f"SELECT {_INVOICE_COLS} FROM invoices WHERE account_id = ? AND status = 'open'"
+        params: tuple[Any, ...] = (account_id,)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params = (account_id, kind)
         row: dict[str, Any] | None = await tx.fetchone(
-            f"SELECT {_INVOICE_COLS} FROM invoices WHERE account_id = ? AND status = 'open'"
-            " ORDER BY created_at DESC, id LIMIT 1",
-            (account_id,),
+            sql + " ORDER BY created_at DESC, id LIMIT 1", params
         )
         return row
 
@@ -216,24 +268,36 @@ class BillingStore:
     # -- invoices ---------------------------------------------------------------------------
 
     async def _new_invoice(
-        self, tx: Tx, account_id: str, plan: PlanConfig, start: float, now: float
+        self,
+        tx: Tx,
+        account_id: str,
+        plan: PlanConfig,
+        start: float,
+        now: float,
+        *,
+        kind: str = "period",
+        end: float | None = None,
+        amount_cents: int | None = None,
     ) -> dict[str, Any]:
+        """An open invoice: by default for one period of ``plan`` from ``start`` at its price;
+        an upgrade passes its own ``end`` and ``amount_cents``."""
         row = {
             "id": secrets.token_urlsafe(12),
             "account_id": account_id,
             "plan_id": plan.id,
-            "amount_cents": plan.price_cents,
+            "amount_cents": plan.price_cents if amount_cents is None else amount_cents,
             "currency": plan.currency,
             "status": "open",
             "period_start": start,
-            "period_end": start + plan.period_days * DAY,
+            "period_end": start + plan.period_days * DAY if end is None else end,
             "provider": self.provider.name,
             "reference": None,
             "created_at": now,
             "paid_at": None,
+            "kind": kind,
         }
         await tx.execute(
-            f"INSERT INTO invoices({_INVOICE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO invoices({_INVOICE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             tuple(row.values()),
         )
         return row
@@ -263,11 +327,14 @@ class BillingStore:
             invoice = {**invoice, "reference": str(ref)[:200]}
         return invoice
 
-    async def _void_open(self, tx: Tx, account_id: str, now: float) -> int:
-        n = await tx.execute(
-            "UPDATE invoices SET status = 'void' WHERE account_id = ? AND status = 'open'",
-            (account_id,),
-        )
+    async def _void_open(self, tx: Tx, account_id: str, now: float, kind: str | None = None) -> int:
+        """Void the account's open invoices (of ``kind``, if given)."""
+        sql = "UPDATE invoices SET status = 'void' WHERE account_id = ? AND status = 'open'"
+        params: tuple[Any, ...] = (account_id,)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params = (account_id, kind)
+        n = await tx.execute(sql, params)
         if n:
             self.control.metrics.inc("control_invoices", "void", n=n)
         return n
@@ -295,8 +362,11 @@ class BillingStore:
                 or row["cancel_at_period_end"]
                 or row["period_end"] is None
                 or now < row["period_end"]
-                or await self._open_invoice(tx, account_id) is not None
             ):
+                return
+            # An unpaid upgrade was for the period that is now over: it can buy nothing more.
+            await self._void_open(tx, account_id, now, "upgrade")
+            if await self._open_invoice(tx, account_id, "period") is not None:
                 return
             plan = self.plans.get(row["next_plan_id"] or row["plan_id"])
             if plan is None:  # the plan was removed from the configuration
@@ -306,8 +376,9 @@ class BillingStore:
         await self._announce(invoice)
 
     async def mark_paid(self, invoice_id: str, reference: str = "") -> dict[str, Any]:
-        """Record an open invoice as paid and activate or extend its subscription; returns the
-        invoice. NotFound for an unknown id, Conflict when it is not open."""
+        """Record an open invoice as paid and activate or extend its subscription (a period
+        invoice) or switch it to the new plan (an upgrade invoice); returns the invoice.
+        NotFound for an unknown id, Conflict when it is not open or no longer applies."""
         inv = await self.db.fetchone("SELECT account_id FROM invoices WHERE id = ?", (invoice_id,))
         if inv is None:
             raise NotFound("no such invoice")
@@ -328,46 +399,91 @@ class BillingStore:
             plan = self.plans.get(row["plan_id"])
             if sub is None or plan is None:
                 raise Conflict("the invoice no longer belongs to a subscription")
-            period = plan.period_days * DAY
-            if sub["status"] == "pending":
-                start = now
-            elif sub["status"] == "active" and sub["period_end"] is not None:
-                # A renewal buys the period it invoiced, from the previous end; only when
-                # that period is already over too does it buy one from now.
-                start = float(sub["period_end"])
-                if now >= start + period:
-                    start = now
+            if row["kind"] == "upgrade":
+                end = await self._pay_upgrade(tx, row, sub, plan, reference, now)
             else:
-                raise Conflict("the invoice no longer belongs to a subscription")
-            end = start + period
-            await tx.execute(
-                "UPDATE invoices SET status = 'paid', paid_at = ?, reference = ?,"
-                " period_start = ?, period_end = ? WHERE id = ?",
-                (now, reference or row["reference"], start, end, invoice_id),
-            )
-            await tx.execute(
-                "UPDATE subscriptions SET status = 'active', plan_id = ?, period_start = ?,"
-                " period_end = ?, cancel_at_period_end = 0, next_plan_id = NULL, updated_at = ?"
-                " WHERE account_id = ?",
-                (plan.id, start, end, now, account_id),
-            )
+                end = await self._pay_period(tx, row, sub, plan, reference, now)
             paid = await tx.fetchone(
                 f"SELECT {_INVOICE_COLS} FROM invoices WHERE id = ?", (invoice_id,)
             )
         assert paid is not None
         self.control.metrics.inc("control_invoices", "paid")
         log.info(
-            "event=invoice_paid invoice=%s account=%s plan=%s period_end=%.0f",
+            "event=invoice_paid invoice=%s kind=%s account=%s plan=%s period_end=%.0f",
             invoice_id,
+            row["kind"],
             account_id,
             plan.id,
             end,
         )
         return invoice_json(paid)
 
+    @staticmethod
+    async def _pay_period(
+        tx: Tx,
+        row: dict[str, Any],
+        sub: dict[str, Any],
+        plan: PlanConfig,
+        reference: str,
+        now: float,
+    ) -> float:
+        """Pay a period invoice (in ``mark_paid``'s transaction): the subscription becomes
+        active for the period it buys; returns that period's end."""
+        period = plan.period_days * DAY
+        if sub["status"] == "pending":
+            start = now
+        elif sub["status"] == "active" and sub["period_end"] is not None:
+            # A renewal buys the period it invoiced, from the previous end; only when
+            # that period is already over too does it buy one from now.
+            start = float(sub["period_end"])
+            if now >= start + period:
+                start = now
+        else:
+            raise Conflict("the invoice no longer belongs to a subscription")
+        end = start + period
+        await tx.execute(
+            "UPDATE invoices SET status = 'paid', paid_at = ?, reference = ?,"
+            " period_start = ?, period_end = ? WHERE id = ?",
+            (now, reference or row["reference"], start, end, row["id"]),
+        )
+        await tx.execute(
+            "UPDATE subscriptions SET status = 'active', plan_id = ?, period_start = ?,"
+            " period_end = ?, cancel_at_period_end = 0, next_plan_id = NULL, updated_at = ?"
+            " WHERE account_id = ?",
+            (plan.id, start, end, now, row["account_id"]),
+        )
+        return end
+
+    @staticmethod
+    async def _pay_upgrade(
+        tx: Tx,
+        row: dict[str, Any],
+        sub: dict[str, Any],
+        plan: PlanConfig,
+        reference: str,
+        now: float,
+    ) -> float:
+        """Pay an upgrade invoice (in ``mark_paid``'s transaction): the subscription switches
+        to its plan for the rest of the period it was made for; returns that period's end."""
+        if sub["status"] != "active" or sub["period_end"] is None:
+            raise Conflict("the invoice no longer belongs to a subscription")
+        end = float(sub["period_end"])
+        if now >= end or end != float(row["period_end"]):
+            raise Conflict("the period this upgrade was for is over; it can no longer be paid")
+        await tx.execute(
+            "UPDATE invoices SET status = 'paid', paid_at = ?, reference = ? WHERE id = ?",
+            (now, reference or row["reference"], row["id"]),
+        )
+        await tx.execute(
+            "UPDATE subscriptions SET plan_id = ?, next_plan_id = NULL, updated_at = ?"
+            " WHERE account_id = ?",
+            (plan.id, now, row["account_id"]),
+        )
+        return end
+
     async def void(self, invoice_id: str) -> dict[str, Any]:
-        """Void an open invoice; the subscription waiting on it (pending, or lapsed awaiting
-        renewal) ends."""
+        """Void an open invoice. For a period invoice the subscription waiting on it (pending,
+        or lapsed awaiting renewal) ends; an upgrade invoice just goes (the plan stays)."""
         inv = await self.db.fetchone("SELECT account_id FROM invoices WHERE id = ?", (invoice_id,))
         if inv is None:
             raise NotFound("no such invoice")
@@ -377,16 +493,20 @@ class BillingStore:
             await tx.execute(
                 "UPDATE accounts SET version = version + 1 WHERE id = ?", (account_id,)
             )
-            row = await tx.fetchone("SELECT status FROM invoices WHERE id = ?", (invoice_id,))
+            row = await tx.fetchone("SELECT status, kind FROM invoices WHERE id = ?", (invoice_id,))
             if row is None:
                 raise NotFound("no such invoice")
             if row["status"] != "open":
                 raise Conflict(f"the invoice is {row['status']}, not open")
             await tx.execute("UPDATE invoices SET status = 'void' WHERE id = ?", (invoice_id,))
             sub = await self._sub(tx, account_id)
-            if sub is not None and (
-                sub["status"] == "pending"
-                or (sub["period_end"] is not None and now >= sub["period_end"])
+            if (
+                row["kind"] == "period"
+                and sub is not None
+                and (
+                    sub["status"] == "pending"
+                    or (sub["period_end"] is not None and now >= sub["period_end"])
+                )
             ):
                 await tx.execute(
                     "UPDATE subscriptions SET status = 'canceled', cancel_at_period_end = 1,"
@@ -457,8 +577,19 @@ class BillingStore:
         log.info("event=subscribed account=%s plan=%s", account_id, plan.id)
         return {"subscription": self.subscription_json(row, now), "invoice": invoice_json(invoice)}
 
+    @staticmethod
+    def _is_upgrade(current: PlanConfig | None, plan: PlanConfig) -> bool:
+        """Whether moving from ``current`` to ``plan`` is charged now (prorated) rather than
+        from the next period: a higher price in the same currency. A subscription whose plan
+        was removed from the configuration (``current`` None) entitles to nothing, so any
+        other plan is an upgrade from a price of 0."""
+        if current is None:
+            return True
+        return plan.currency == current.currency and plan.price_cents > current.price_cents
+
     async def change_plan(self, account_id: str, plan_id: str) -> dict[str, Any]:
-        """Upgrade now, downgrade at the next period (see the module docstring)."""
+        """Upgrade once its prorated invoice is paid, downgrade at the next period (see the
+        module docstring)."""
         plan = self.plan(plan_id)
         now = self._now()
         invoice = None
@@ -479,25 +610,32 @@ class BillingStore:
                         "UPDATE subscriptions SET plan_id = ?, updated_at = ? WHERE account_id = ?",
                         (plan.id, now, account_id),
                     )
-            elif plan.id == sub["plan_id"]:
-                await tx.execute(
-                    "UPDATE subscriptions SET status = 'active', cancel_at_period_end = 0,"
-                    " next_plan_id = NULL, updated_at = ? WHERE account_id = ?",
-                    (now, account_id),
-                )
-            elif current is None or plan.price_cents > current.price_cents:
-                # Upgrade: at once; the next renewal invoice is at the new price.
-                await tx.execute(
-                    "UPDATE subscriptions SET status = 'active', cancel_at_period_end = 0,"
-                    " plan_id = ?, next_plan_id = NULL, updated_at = ? WHERE account_id = ?",
-                    (plan.id, now, account_id),
-                )
             else:
-                # Downgrade: from the next period.
+                # Paid up: this choice replaces any earlier pending one (an unpaid upgrade's
+                # invoice is voided, a scheduled downgrade dropped) and resumes a
+                # subscription canceled at period end.
+                await self._void_open(tx, account_id, now, "upgrade")
+                next_plan_id = None
+                if plan.id == sub["plan_id"]:
+                    pass  # keep the current plan
+                elif self._is_upgrade(current, plan):
+                    # Upgrade: an invoice for the rest of the period; the plan changes once
+                    # it is paid (mark_paid), entitlement stays on the current plan until then.
+                    end = float(sub["period_end"])
+                    start = float(sub["period_start"] if sub["period_start"] is not None else now)
+                    amount = prorated_cents(
+                        plan.price_cents - (current.price_cents if current else 0), start, end, now
+                    )
+                    invoice = await self._new_invoice(
+                        tx, account_id, plan, now, now, kind="upgrade", end=end, amount_cents=amount
+                    )
+                else:
+                    # Downgrade (or another currency): from the next period.
+                    next_plan_id = plan.id
                 await tx.execute(
                     "UPDATE subscriptions SET status = 'active', cancel_at_period_end = 0,"
                     " next_plan_id = ?, updated_at = ? WHERE account_id = ?",
-                    (plan.id, now, account_id),
+                    (next_plan_id, now, account_id),
                 )
             row = await self._sub(tx, account_id)
         assert row is not None
@@ -506,10 +644,11 @@ class BillingStore:
         else:
             invoice = await self._open_invoice(self.db, account_id)
         log.info(
-            "event=plan_changed account=%s plan=%s next_plan=%s",
+            "event=plan_changed account=%s plan=%s next_plan=%s upgrade_invoice=%s",
             account_id,
             row["plan_id"],
             row["next_plan_id"],
+            invoice["id"] if invoice is not None and invoice["kind"] == "upgrade" else "-",
         )
         return {
             "subscription": self.subscription_json(row, now),

@@ -10,11 +10,13 @@ are stored absolute. No file at all means every default: the embedded demo.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -96,6 +98,8 @@ class RateLimitsConfig:
     signin_per_address: RateConfig = field(default_factory=lambda: RateConfig(1.0, 10))
     signin_per_account: RateConfig = field(default_factory=lambda: RateConfig(0.2, 5))
     signup_per_address: RateConfig = field(default_factory=lambda: RateConfig(0.05, 3))
+    # Sign-ups per normalised e-mail, from anywhere (bounds probing one address for an account).
+    signup_per_account: RateConfig = field(default_factory=lambda: RateConfig(0.01, 3))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +136,10 @@ class PlaybackConfig:
     steering_url: str | None = None  # steering base URL this service calls; None: no steering
     steering_public_url: str | None = None  # steering as players reach it; default steering_url
     steering_timeout: float = 1.0  # seconds to wait for steering before falling back
-    origin_url: str | None = None  # fallback base URL when steering is unreachable
+    # A player-facing, token-checking base URL (an edge, or a load-balanced name for the
+    # edges) used when steering is unreachable or not configured. Not the origin: it refuses
+    # players (it wants the edges' fill credential).
+    fallback_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +163,8 @@ class ControlConfig:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     public_url: str | None = None  # where players reach this service, e.g. https://api.example
     cors_origins: tuple[str, ...] = ()  # "scheme://host[:port]" allowed by CORS, or "*"
+    # Reverse proxies whose X-Forwarded-For is believed (control/clients.py); () = none.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     max_body: int = 64 * KiB  # bytes; a larger request body is refused with 413
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     kdf: KdfParams = field(default_factory=KdfParams)  # scrypt cost of password hashes
@@ -271,6 +280,18 @@ class _R(KeyChecker):
             f":{port}" if port not in (None, _DEFAULT_PORTS[scheme]) else ""
         )
 
+    def cidr(self, v: object, key: str) -> IPv4Network | IPv6Network:
+        # strict: "10.0.0.1/8" is almost always a typo for another prefix, so it is refused
+        # rather than silently widened (as steering/locality.py does). A bare address is /32
+        # (/128).
+        bad = f'expected a CIDR like "10.0.0.0/8" or an address, got {describe_value(v)}'
+        if not isinstance(v, str):
+            raise self.fail(key, bad)
+        try:
+            return ipaddress.ip_network(v.strip(), strict=True)
+        except ValueError as exc:
+            raise self.fail(key, f"{bad} ({exc})") from None
+
     def file(self, v: object, key: str) -> Path | None:
         if v is None:
             return None
@@ -297,6 +318,9 @@ class _R(KeyChecker):
             path = v.removeprefix("sqlite:///")
             if not path or "?" in path or "#" in path or path.endswith("/"):
                 raise self.fail(key, f"expected sqlite:///<path to a file>, got {v!r}")
+            if path == ":memory:":
+                # Every worker and the CLI open their own connections: they must share a file.
+                raise self.fail(key, "an in-memory SQLite database cannot be shared; give a file")
             return _sqlite_url(v)
         u = urlsplit(v)
         try:
@@ -309,17 +333,19 @@ class _R(KeyChecker):
 
 
 TOP: Final = (
-    "listen", "database", "public_url", "cors_origins", "max_body", "sessions", "kdf",
-    "rate_limits", "plans", "profiles", "playback", "catalog_feed", "recommend", "log_level",
-    "workers",
+    "listen", "database", "public_url", "cors_origins", "trusted_proxies", "max_body",
+    "sessions", "kdf", "rate_limits", "plans", "profiles", "playback", "catalog_feed",
+    "recommend", "log_level", "workers",
 )  # fmt: skip
 PLAN_KEYS: Final = (
     "id", "name", "max_streams", "max_height", "price_cents", "currency", "period_days",
 )  # fmt: skip
-BUCKETS: Final = ("signin_per_address", "signin_per_account", "signup_per_address")
+BUCKETS: Final = (
+    "signin_per_address", "signin_per_account", "signup_per_address", "signup_per_account",
+)  # fmt: skip
 PLAYBACK_KEYS: Final = (
     "signing_keys_file", "token_ttl", "lease_ttl", "bind_client_ip", "steering_url",
-    "steering_public_url", "steering_timeout", "origin_url",
+    "steering_public_url", "steering_timeout", "fallback_url",
 )  # fmt: skip
 
 
@@ -363,6 +389,13 @@ def parse_config(
     if not isinstance(origins, list):
         raise r.fail("cors_origins", f"expected a list of origins, got {describe_value(origins)}")
     cors = tuple(dict.fromkeys(r.origin(o, f"cors_origins[{i}]") for i, o in enumerate(origins)))
+
+    proxies = _get(top, "trusted_proxies", [])
+    if not isinstance(proxies, list):
+        raise r.fail("trusted_proxies", f"expected a list of CIDRs, got {describe_value(proxies)}")
+    trusted_proxies = tuple(
+        dict.fromkeys(r.cidr(p, f"trusted_proxies[{i}]") for i, p in enumerate(proxies))
+    )
 
     s = r.mapping(top.get("sessions"), "sessions", ("ttl", "max_per_account"))
     sessions = SessionsConfig(
@@ -439,7 +472,7 @@ def parse_config(
         steering_timeout=r.duration(
             _get(pb, "steering_timeout", 1.0), "playback.steering_timeout", 0.05, 30
         ),
-        origin_url=r.url(pb.get("origin_url"), "playback.origin_url"),
+        fallback_url=r.url(pb.get("fallback_url"), "playback.fallback_url"),
     )
 
     cf = r.mapping(top.get("catalog_feed"), "catalog_feed", ("url", "credential_file", "interval"))
@@ -491,6 +524,7 @@ def parse_config(
         database=database,
         public_url=r.url(top.get("public_url"), "public_url"),
         cors_origins=cors,
+        trusted_proxies=trusted_proxies,
         max_body=r.size(_get(top, "max_body", 64 * KiB), "max_body", KiB, 16 * MiB),
         sessions=sessions,
         kdf=kdf,

@@ -8,11 +8,16 @@ SEQ}``, at most 500 entries a page, each entry::
 
     {"seq": 7, "title": "<origin key>", "published": true, "at": 1790000000.0,
      "duration": 5400.0, "renditions": [{"name", "width", "height", "bandwidth", "codecs",
-     "frame_rate"}...], "hls": "master.m3u8", "hls_single_file": "master_single.m3u8",
+     "frame_rate", "audio", "audio_channels"}...], "hls": "master.m3u8",
+     "hls_single_file": "master_single.m3u8",
      "dash": "manifest.mpd", "poster": "poster.jpg", "sprite": "sprite.jpg",
      "base_path": "/v/<key>/", "job": 12}
 
-and a withdrawal is ``{"seq", "title", "published": false, "at"}``.
+and a withdrawal is ``{"seq", "title", "published": false, "at"}``. A rendition's ``audio`` is
+the name of the audio track it plays with (its directory and HLS audio group, null for none) and
+``audio_channels`` that track's channel count: both are kept (only when ``audio`` is set), so
+the per-session playlist can write the same EXT-X-MEDIA groups as the origin's master.m3u8
+(control/manifest.py).
 
 Applying an entry (one transaction per page, with the page's ``next`` stored in ``meta``
 ``feed_seq:<url>``, so a restart neither loses nor repeats an entry; the catalog version is
@@ -74,7 +79,6 @@ FETCH_TIMEOUT = 15.0  # seconds for one page, connecting included
 MAX_PAGE_BYTES = 16 * 1024 * 1024
 MAX_PAGES_PER_POLL = 1000  # 500k entries: a catch-up after a long outage, then the next poll
 MAX_RENDITIONS = 64
-_RENDITION_KEYS = ("name", "width", "height", "bandwidth", "codecs", "frame_rate")
 
 
 class FeedError(Exception):
@@ -125,6 +129,17 @@ def _rendition(raw: Any) -> dict[str, Any]:
     ):
         raise ValueError("rendition frame_rate is not a rate")
     out["frame_rate"] = fr
+    audio = raw.get("audio")
+    if audio is not None:
+        if not isinstance(audio, str) or not 1 <= len(audio) <= 64:
+            raise ValueError("rendition audio is not a track name")
+        channels = raw.get("audio_channels")
+        if channels is not None and (
+            isinstance(channels, bool) or not isinstance(channels, int) or not 0 <= channels < 256
+        ):
+            raise ValueError("rendition audio_channels is not a count")
+        out["audio"] = audio
+        out["audio_channels"] = channels
     return out
 
 

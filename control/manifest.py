@@ -4,30 +4,48 @@ content steering URLs and the per-session HLS multivariant playlist.
 No I/O here (the steering client is control/steer.py, the service control/playback.py), so
 everything is table-tested without an event loop.
 
+Tokens and the plan's resolution
+--------------------------------
+An edge token (edge/tokens.py) authorises every path below its prefix. A token for the whole
+title (``/v/<key>/``, `title_prefix`) would let a player fetch every rendition, whatever its
+plan, so the per-session playlist gives each rendition (and each audio track) its OWN token,
+scoped to that rendition's directory (``/v/<key>/<rendition>/``, `rendition_prefix`): the
+origin's media playlists name their init and media segments relatively, so every file the
+player fetches for that rendition resolves below the same signed directory, and nothing else is
+reachable with it. A title-wide token is handed out only when the plan allows the title's whole
+ladder (`covers_ladder`); for a capped plan the player plays through the per-session playlist.
+
 The per-session multivariant playlist
 -------------------------------------
 ``hls_multivariant`` writes what origin/package.py ``master_playlist`` writes for a title,
-restricted to the renditions the viewer's plan allows, with ABSOLUTE URIs under the session's
-signed prefix on the first-ranked edge (``<edge>/_t/<TOKEN>/v/<key>/<rendition>/index.m3u8``),
-and, when steering is configured, an ``EXT-X-CONTENT-STEERING`` tag (draft-pantos-hls-rfc8216bis,
-4.4.6.6) plus ``PATHWAY-ID`` on every variant.
+restricted to the renditions the viewer's plan allows, with ABSOLUTE URIs on the first-ranked
+edge, each under its own signed directory
+(``<edge>/_t/<TOKEN of 720p>/v/<key>/720p/index.m3u8``), and, when steering is configured, an
+``EXT-X-CONTENT-STEERING`` tag (draft-pantos-hls-rfc8216bis, 4.4.6.6) plus ``PATHWAY-ID`` on
+every variant.
 
 Pathways. The steering service builds its HLS steering manifest as PATHWAY-CLONES of a *base*
 pathway, one clone per ranked edge, each replacing the HOST of the base pathway's URIs with the
 edge's (steering/app.py ``_steering_doc``); it refuses an edge id as the base. So the playlist
 names one neutral pathway, ``BASE_PATHWAY`` ("cdn"), whose host is the first-ranked edge; the
 player starts on it and the steering manifest (``base=cdn``) clones it onto every edge in rank
-order. The token is a path segment, the same for every edge, so a HOST replacement keeps it.
+order. Tokens are path segments, the same on every edge, so a HOST replacement keeps them.
+
+Steering's "origin". The steering service ends every ``/v1/steer`` answer with the origin
+(edge id ``"origin"``) as its own last resort; the origin refuses players (it only serves the
+edges, with their fill credential), so `parse_steer_answer` leaves that entry out. When
+steering is unreachable the control plane's own ``playback.fallback_url`` (an edge, or a
+load-balanced name for the edges: something that checks tokens) is the only "edge"
+(`fallback_edge`, id ``"fallback"``).
 
 Audio. origin/package.py puts audio in separate renditions (``EXT-X-MEDIA`` groups named after
-the audio track, e.g. ``audio_128k``, ``CHANNELS`` from the track). The origin's catalog feed
-(origin/catalog.py ``summary``) carries per rendition only name, width, height, bandwidth,
-codecs and frame_rate: no audio group. So: a rendition dict that names its audio track
-(``"audio": "audio_128k"``, as manifest.json's rendition entries do) gets the group, with
-``CHANNELS`` when ``"audio_channels"`` is known; a rendition without it is written without an
-``AUDIO`` attribute (nothing is fetched to find out). Until the feed carries the audio name,
-players that need the audio group use ``manifests.hls_edge`` (the origin's own master.m3u8
-through the edge), which has it.
+the audio track, e.g. ``audio_128k``, ``CHANNELS`` from the track, the track's directory as its
+URI). The origin's catalog feed (origin/catalog.py ``summary``) carries per rendition the name
+of its audio track (``"audio"``) and that track's channel count (``"audio_channels"``), and
+control/feed.py keeps both; a rendition naming its audio track gets the group (with
+``CHANNELS`` when the count is known, as the origin writes it), the group's URI its own token
+for the audio track's directory. A rendition without ``audio`` is written without an ``AUDIO``
+attribute (nothing is fetched to find out).
 """
 
 from __future__ import annotations
@@ -43,20 +61,31 @@ from steering.manifests import hls_master_steering_tag
 
 __all__ = [
     "BASE_PATHWAY",
+    "FALLBACK_EDGE_ID",
     "HLS_CONTENT_TYPE",
     "HLS_VERSION",
+    "STEERING_ORIGIN_ID",
     "RankedEdge",
     "SteerAnswerError",
     "allowed_renditions",
     "clean_rendition",
+    "covers_ladder",
+    "fallback_edge",
     "hls_multivariant",
     "parse_steer_answer",
+    "playlist_path",
+    "public_rendition",
+    "rendition_directories",
+    "rendition_prefix",
     "steering_url",
     "title_prefix",
     "url_prefix",
+    "valid_media_key",
 ]
 
 BASE_PATHWAY: Final = "cdn"
+STEERING_ORIGIN_ID: Final = "origin"  # steering's last-resort entry: not for players
+FALLBACK_EDGE_ID: Final = "fallback"  # playback.fallback_url as the only edge
 HLS_VERSION: Final = 7  # as origin/package.py writes (fMP4 + EXT-X-MAP)
 HLS_CONTENT_TYPE: Final = "application/vnd.apple.mpegurl"
 
@@ -79,7 +108,7 @@ class SteerAnswerError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RankedEdge:
-    id: str  # the edge id (a valid HLS pathway id); "origin" for the origin
+    id: str  # the edge id (a valid HLS pathway id); FALLBACK_EDGE_ID for playback.fallback_url
     url: str  # base URL, scheme://host[:port][/path], no trailing slash
 
 
@@ -103,8 +132,9 @@ def _base_url(value: object) -> str | None:
 
 def parse_steer_answer(doc: object) -> list[RankedEdge]:
     """The ranked edges of a ``GET /v1/steer`` answer (``{"edges": [{"edge", "url", ...}]}``),
-    in the answer's order. Entries with an invalid id or URL, and repeated ids, are left out;
-    raises SteerAnswerError when nothing usable remains."""
+    in the answer's order. Entries with an invalid id or URL, repeated ids and steering's own
+    last resort, the origin (id ``"origin"``: it refuses players), are left out; raises
+    SteerAnswerError when nothing usable remains."""
     if not isinstance(doc, dict):
         raise SteerAnswerError("the steering answer is not a JSON object")
     entries = doc.get("edges")
@@ -118,7 +148,7 @@ def parse_steer_answer(doc: object) -> list[RankedEdge]:
         edge_id, url = entry.get("edge"), _base_url(entry.get("url"))
         if not isinstance(edge_id, str) or not _PATHWAY_RE.fullmatch(edge_id) or url is None:
             continue
-        if edge_id in seen:
+        if edge_id in seen or edge_id == STEERING_ORIGIN_ID:
             continue
         seen.add(edge_id)
         out.append(RankedEdge(edge_id, url))
@@ -127,12 +157,13 @@ def parse_steer_answer(doc: object) -> list[RankedEdge]:
     return out
 
 
-def fallback_edge(origin_url: str) -> RankedEdge:
-    """The configured origin as the only 'edge' (steering unreachable or not configured)."""
-    url = _base_url(origin_url)
+def fallback_edge(fallback_url: str) -> RankedEdge:
+    """``playback.fallback_url`` (a token-checking edge, or a load-balanced name for the edges)
+    as the only 'edge' (steering unreachable or not configured)."""
+    url = _base_url(fallback_url)
     if url is None:
-        raise ValueError(f"not an http(s) base URL: {origin_url!r}")
-    return RankedEdge("origin", url)
+        raise ValueError(f"not an http(s) base URL: {fallback_url!r}")
+    return RankedEdge(FALLBACK_EDGE_ID, url)
 
 
 def valid_media_key(key: object) -> bool:
@@ -146,11 +177,32 @@ def title_prefix(media_key: str) -> str:
     return f"/v/{media_key}/"
 
 
-def url_prefix(edge_url: str, token: str, media_key: str) -> str:
-    """``<edge>/_t/<TOKEN>/v/<key>/``: every file of the title below it carries the token."""
+def rendition_prefix(media_key: str, name: str) -> str:
+    """The path prefix a per-rendition token is scoped to: ``/v/<key>/<rendition>/`` (a video
+    rendition's or an audio track's directory)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid rendition name {name!r}")
+    return f"{title_prefix(media_key)}{name}/"
+
+
+def url_prefix(edge_url: str, token: str, media_key: str, rendition: str | None = None) -> str:
+    """``<edge>/_t/<TOKEN>/v/<key>/`` (every file of the title below it carries the token), or
+    with ``rendition`` ``<edge>/_t/<TOKEN>/v/<key>/<rendition>/``."""
     from edge.tokens import signed_path
 
-    return edge_url.rstrip("/") + signed_path(token, title_prefix(media_key))
+    path = title_prefix(media_key) if rendition is None else rendition_prefix(media_key, rendition)
+    return edge_url.rstrip("/") + signed_path(token, path)
+
+
+_PLAY_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def playlist_path(play_id: str) -> str:
+    """The per-session playlist's path on the control plane, which is also the prefix its
+    query token (``?token=``) is signed for: ``/v1/playback/<play_id>/master.m3u8``."""
+    if not isinstance(play_id, str) or not _PLAY_ID_RE.fullmatch(play_id):
+        raise ValueError(f"invalid play id {play_id!r}")
+    return f"/v1/playback/{play_id}/master.m3u8"
 
 
 def steering_url(
@@ -233,6 +285,26 @@ def allowed_renditions(renditions: Sequence[object], max_height: int) -> list[di
     return sorted(fit, key=lambda c: (c["bandwidth"], c["height"], c["name"]))
 
 
+def covers_ladder(ladder: Sequence[object], allowed: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether ``allowed`` (see `allowed_renditions`) holds every rendition of the title's
+    ``ladder`` (its raw rendition entries): only then may the player get a title-wide token. An
+    entry that is not a valid rendition is never allowed, so it counts as withheld."""
+    names = {r["name"] for r in allowed}
+    return bool(ladder) and all(isinstance(r, Mapping) and r.get("name") in names for r in ladder)
+
+
+def rendition_directories(renditions: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The directories a player of ``renditions`` fetches from: each rendition's, then each
+    audio track's it names (each once, in order). Each gets its own token."""
+    out: list[str] = []
+    for name in [r["name"] for r in renditions] + [
+        r["audio"] for r in renditions if r.get("audio")
+    ]:
+        if name not in out:
+            out.append(name)
+    return out
+
+
 def public_rendition(c: Mapping[str, Any]) -> dict[str, Any]:
     """What the playback answer shows of a rendition."""
     return {k: c[k] for k in ("name", "width", "height", "bandwidth", "codecs", "frame_rate")}
@@ -241,18 +313,30 @@ def public_rendition(c: Mapping[str, Any]) -> dict[str, Any]:
 def hls_multivariant(
     renditions: Sequence[Mapping[str, Any]],
     *,
-    prefix: str,
+    edge_url: str,
+    media_key: str,
+    tokens: Mapping[str, str],
     steering_uri: str | None = None,
     pathway: str = BASE_PATHWAY,
 ) -> str:
     """The per-session multivariant playlist over ``renditions`` (already allowed and cleaned,
-    see `allowed_renditions`), with absolute URIs under ``prefix`` (a `url_prefix`, ending in
-    '/'). With ``steering_uri``: the EXT-X-CONTENT-STEERING tag naming ``pathway`` as the
-    starting pathway, and PATHWAY-ID on every variant."""
-    if not prefix.endswith("/") or _base_url(prefix.rstrip("/")) is None:
-        raise ValueError(f"prefix must be an absolute http(s) URL ending in '/': {prefix!r}")
+    see `allowed_renditions`), with absolute URIs on ``edge_url``, each variant's and each audio
+    group's under its own directory signed with ``tokens[directory]`` (see
+    `rendition_directories`; a missing token is a ValueError). With ``steering_uri``: the
+    EXT-X-CONTENT-STEERING tag naming ``pathway`` as the starting pathway, and PATHWAY-ID on
+    every variant. The attribute set is origin/package.py ``master_playlist``'s."""
+    base = _base_url(edge_url)
+    if base is None:
+        raise ValueError(f"edge_url must be an absolute http(s) URL: {edge_url!r}")
     if not renditions:
         raise ValueError("no renditions")
+
+    def uri(directory: str) -> str:
+        token = tokens.get(directory)
+        if not token:
+            raise ValueError(f"no token for {directory!r}")
+        return url_prefix(base, token, media_key, directory) + "index.m3u8"
+
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{HLS_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if steering_uri is not None:
         lines.append(hls_master_steering_tag(steering_uri, pathway))
@@ -271,7 +355,7 @@ def hls_multivariant(
         ]
         if channels:
             attrs.append(f'CHANNELS="{channels}"')
-        attrs.append(f'URI="{prefix}{group}/index.m3u8"')
+        attrs.append(f'URI="{uri(group)}"')
         lines.append("#EXT-X-MEDIA:" + ",".join(attrs))
     if groups:
         lines.append("")
@@ -287,5 +371,5 @@ def hls_multivariant(
             attrs.append(f'AUDIO="{r["audio"]}"')
         if steering_uri is not None:
             attrs.append(f'PATHWAY-ID="{pathway}"')
-        lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), f"{prefix}{r['name']}/index.m3u8"]
+        lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), uri(r["name"])]
     return "\n".join(lines) + "\n"

@@ -10,13 +10,14 @@ undeclared name or wrong labels, so the exposition and this table cannot drift a
 ``control_signups_total{outcome}``               ok | exists | rate_limited | invalid
 ``control_sessions_revoked_total{why}``          signout | signout_all | password_change
                                                  | session_cap
-``control_rate_limited_total{limit}``            which limit refused a request
-``control_playback_starts_total{outcome}``       ok | no_subscription | maturity | stream_limit
-                                                 | not_playable | steering_fallback
-                                                 | unavailable (exclusive: a start that
-                                                 fell back to the origin counts only
-                                                 steering_fallback)
-``control_playback_events_total{kind}``          progress | stop | error
+``control_rate_limited_total{limit}``            signin_per_address | signin_per_account
+                                                 | signup_per_address | signup_per_account
+``control_playback_starts_total{outcome}``       ok | steering_fallback | no_subscription
+                                                 | not_found | maturity | bad_request
+                                                 | not_playable | stream_limit | unavailable
+                                                 (exclusive: a start that fell back to
+                                                 fallback_url counts only steering_fallback)
+``control_playback_events_total{kind}``          progress | stop | error | subscription_ended
 ``control_leases_expired_total``                 stream leases that ended without a stop
 ``control_steering_requests_total{outcome}``     ok | error | timeout
 ``control_catalog_changes_total{source,op}``     admin | origin x create | update | delete

@@ -3,9 +3,12 @@
 Starting playback (`PlaybackService.authorize`) for a profile and a title (or episode):
 
 1. the account's plan (`BillingStore.entitlement`: 402 without one; a canceled subscription
-   plays until its period ends), the title (`CatalogStore.media`: 404 / 400 / 409
-   ``not_playable``) and the profile's maturity limit (a title above it is 404, as if it did
-   not exist: the catalog hides it from that profile too);
+   plays until its period ends); then whether the title exists for this profile: an unknown or
+   unpublished title, and one rated above the profile's maturity limit, are both 404 (the
+   catalog hides the latter from that profile, so it does not exist here), checked BEFORE
+   anything that would tell them apart (a series without episode_id 400, a title without media
+   409 ``not_playable``), so a hidden title is always 404; then the media
+   (`CatalogStore.media`: 404 for an unknown episode, 400, 409 ``not_playable``);
 2. the concurrent-stream limit, in ONE transaction serialised per account (``UPDATE accounts
    SET version = version + 1`` first, control/db.py): plays of the account whose lease ran out
    without a stop are marked stopped (``stopped_at = lease_expires_at``; counted in
@@ -14,28 +17,47 @@ Starting playback (`PlaybackService.authorize`) for a profile and a title (or ep
    ``stream_limit``, details ``{max_streams, active}``); otherwise the play row is inserted
    with a lease of ``playback.lease_ttl``. A lease is live only while ``lease_expires_at >
    now``, so a player that vanishes frees its slot after ``lease_ttl`` with no reaper;
-3. the steering service's ranked edges for the title and the player's address (control/steer.py);
-   on a timeout or error, ``playback.origin_url`` as the only "edge" (counted as
-   ``control_playback_starts{steering_fallback}``); neither available: 503, the lease released;
-4. one edge token (edge/tokens.py) for the prefix ``/v/<media key>/``, valid ``token_ttl``,
-   bound to the player's address with ``bind_client_ip``; every edge's URL prefix carries it.
+3. the steering service's ranked edges for the title and the player's address (control/steer.py;
+   steering's own last resort, the origin, is left out: it refuses players); on a timeout or
+   error, ``playback.fallback_url`` (a token-checking edge or load-balanced name for the edges)
+   as the only "edge" (counted as ``control_playback_starts{steering_fallback}``); neither
+   available: 503, the lease released;
+4. edge tokens (edge/tokens.py), valid ``token_ttl``, bound to the player's address with
+   ``bind_client_ip``. The plan's resolution is enforced by the tokens (control/manifest.py):
+   the per-session playlist gives every rendition and audio track its own token scoped to its
+   directory (``/v/<key>/<rendition>/``). Only when the plan allows the title's whole ladder
+   does the answer also carry a title-wide token (``/v/<key>/``) in every edge's
+   ``url_prefix`` and the origin's own master.m3u8 / manifest.mpd through the first edge
+   (``manifests.hls_edge`` / ``dash``); for a capped plan those are null (``capped``: true) and
+   the player plays through ``manifests.hls``.
 
-The answer lists the renditions the plan allows (height <= ``plan.max_height``; the lowest when
-none fits), the signed edge prefixes in rank order, the manifests (the per-session HLS
-multivariant playlist served by this service, which enforces the plan's resolution; the
-origin's own master.m3u8 and manifest.mpd through the first edge) and the content steering
-URLs for the session (control/manifest.py explains the pathways).
+``manifests.hls``, the per-session multivariant playlist served by this service, is a URL that
+works without headers (native HLS players cannot send Authorization): it carries ``?token=``, a
+token of the same signing keys for the path ``/v1/playback/<play_id>/master.m3u8`` with the
+edge tokens' expiry and binding. The playlist route accepts that token or the bearer session
+of the play's account; anything else is 404 (401 with neither).
+
+``control_playback_starts{outcome}``: ``ok``, ``steering_fallback`` (granted on the fallback
+URL), ``no_subscription`` (402), ``not_found`` (404: unknown title or episode), ``maturity``
+(404: above the profile's limit), ``bad_request`` (400: a series without episode_id),
+``not_playable`` (409), ``stream_limit`` (409), ``unavailable`` (503).
 
 Playback events (`PlaybackService.event`), per play, from a session of the same account
 (another account's play is 404): ``progress`` renews the lease (``lease_expires_at = now +
 lease_ttl``) and records the position; a lease that expired already is refused (409
-``lease_expired``: the player starts again, which re-checks the limit). ``stop`` ends the lease
-and records the final position; ``error`` counts and logs the error. A stopped play refuses
-every event (409 ``stopped``; ``lease_expired`` when it was stopped because its lease ran out).
-Seconds watched grow by the position's change bounded by the wall time since the last
-update (and by the lease's end), so a client cannot inflate them; ``bytes`` are deltas.
+``lease_expired``: the player starts again, which re-checks the limit). Every progress event
+(the heartbeat) re-checks the subscription: when the account is no longer entitled, the lease
+ends there (the position is recorded as by a stop) and the answer is 402
+``subscription_required`` (counted as ``control_playback_events{subscription_ended}``), so a
+stream cannot outlive its subscription. ``stop`` ends the lease and records the final
+position; ``error`` counts and logs the error. A stopped play refuses every event (409
+``stopped``; ``lease_expired`` when it was stopped because its lease ran out). A position past
+the media's known duration is clamped to the duration (the answer's ``position`` is what was
+recorded). Seconds watched grow by the position's change bounded by the wall time since the
+last update (and by the lease's end), so a client cannot inflate them; ``bytes`` are deltas.
 Positions go to `LibraryStore.record_position` (resume and history; the batch reads plays rows
-for play counts and popularity).
+for play counts and popularity). ``DELETE /v1/playback/{id}`` (`stop`) is idempotent: a play
+that is over already (stopped, or its lease ran out) answers 204 as well.
 
 Each event's read-modify-write runs in a transaction that first writes the play's row (a no-op
 ``UPDATE``), which takes its row lock in PostgreSQL and serialises concurrent events of one
@@ -48,8 +70,9 @@ import json
 import logging
 import secrets
 from typing import Any
+from urllib.parse import urlencode
 
-from edge.tokens import sign
+from edge.tokens import TokenRejected, sign, verify
 
 from .db import IntegrityError
 from .errors import (
@@ -66,9 +89,13 @@ from .manifest import (
     BASE_PATHWAY,
     RankedEdge,
     allowed_renditions,
+    covers_ladder,
     fallback_edge,
     hls_multivariant,
+    playlist_path,
     public_rendition,
+    rendition_directories,
+    rendition_prefix,
     steering_url,
     title_prefix,
     url_prefix,
@@ -120,6 +147,20 @@ class PlaybackService:
     def _count(self, outcome: str) -> None:
         self.control.metrics.inc("control_playback_starts", outcome)
 
+    async def _check_visible(self, title_id: str, maturity_limit: int) -> None:
+        """404 unless the title is published and within the profile's maturity limit; before
+        anything that would tell a hidden title from a missing one."""
+        row = await self.control.db.fetchone(
+            "SELECT maturity FROM titles WHERE id = ? AND published = 1", (title_id,)
+        )
+        if row is None:
+            self._count("not_found")
+            raise NotFound("no such title")
+        if int(row["maturity"]) > maturity_limit:
+            # Not 403: the catalog hides the title from this profile, so it does not exist here.
+            self._count("maturity")
+            raise NotFound("no such title")
+
     async def authorize(
         self,
         account_id: str,
@@ -135,44 +176,50 @@ class PlaybackService:
         c = self.control
         cfg = c.config.playback
         keys = cfg.signing_keys
-        if keys is None or (cfg.steering_url is None and cfg.origin_url is None):
+        if keys is None or (cfg.steering_url is None and cfg.fallback_url is None):
             self._count("unavailable")
             raise Unavailable(
-                "playback is not configured (signing keys, and steering or an origin URL)"
+                "playback is not configured (signing keys, and steering or a fallback URL)"
             )
         plan = await c.billing.entitlement(account_id)
         if plan is None:
             self._count("no_subscription")
             raise SubscriptionRequired("a subscription is required to play")
+        await self._check_visible(title_id, profile.maturity_limit)
         try:
             media = await c.catalog.media(title_id, episode_id)
-        except (NotFound, BadRequest, Conflict):
+        except NotFound:
+            self._count("not_found")
+            raise
+        except BadRequest:
+            self._count("bad_request")
+            raise
+        except Conflict:
             self._count("not_playable")
             raise
-        if media.maturity > profile.maturity_limit:
-            # Not 403: the catalog hides the title from this profile, so it does not exist here.
+        if media.maturity > profile.maturity_limit:  # re-rated in between
             self._count("maturity")
             raise NotFound("no such title")
         renditions = allowed_renditions(media.renditions, plan.max_height)
         if not valid_media_key(media.media_key) or not renditions:
             self._count("not_playable")
             raise NotPlayable("the title has no playable media yet")
+        full = covers_ladder(media.renditions, renditions)
 
         now = float(c.clock())
         expires = int(now + cfg.token_ttl)
+        bound = client_ip if cfg.bind_client_ip else None
+        play_id = secrets.token_urlsafe(12)
         try:
-            token = sign(
-                keys,
-                title_prefix(media.media_key),
-                expires,
-                client_ip if cfg.bind_client_ip else None,
+            playlist_token = sign(keys, playlist_path(play_id), expires, bound)
+            title_token = (
+                sign(keys, title_prefix(media.media_key), expires, bound) if full else None
             )
         except ValueError as exc:
             self._count("unavailable")
             log.warning("event=playback_sign_failed error=%r", str(exc)[:200])
             raise Unavailable("cannot sign a playback token for this client") from None
 
-        play_id = secrets.token_urlsafe(12)
         lease_expires_at = now + cfg.lease_ttl
         granted, active, reaped = False, 0, 0
         async with c.db.transaction() as tx:
@@ -242,21 +289,28 @@ class PlaybackService:
         self._count("steering_fallback" if fallback else "ok")
         log.info(
             "event=playback_start outcome=ok account=%s play=%s title=%s episode=%s edges=%d"
-            " fallback=%s",
+            " fallback=%s capped=%s",
             account_id,
             play_id,
             media.title_id,
             media.episode_id or "-",
             len(edges),
             fallback,
+            not full,
         )
-        prefixes = [url_prefix(e.url, token, media.media_key) for e in edges]
+        prefixes: list[str | None] = [
+            url_prefix(e.url, title_token, media.media_key) if title_token else None for e in edges
+        ]
+        first = prefixes[0]
         steering = None
         if cfg.steering_public_url is not None:
             steering = {
                 kind: steering_url(cfg.steering_public_url, kind, media.media_key, client_ip)
                 for kind in ("hls", "dash")
             }
+        playlist = f"{control_url.rstrip('/')}{playlist_path(play_id)}?" + urlencode(
+            {"token": playlist_token}
+        )
         return {
             "play_id": play_id,
             "lease_expires_at": lease_expires_at,
@@ -266,22 +320,26 @@ class PlaybackService:
             "title_id": media.title_id,
             "episode_id": media.episode_id or None,
             "max_height": plan.max_height,
+            "capped": not full,
             "renditions": [public_rendition(r) for r in renditions],
-            "edges": [{"id": e.id, "url_prefix": p} for e, p in zip(edges, prefixes, strict=True)],
+            "edges": [
+                {"id": e.id, "url": e.url, "url_prefix": p}
+                for e, p in zip(edges, prefixes, strict=True)
+            ],
             "manifests": {
-                "hls": f"{control_url.rstrip('/')}/v1/playback/{play_id}/master.m3u8",
-                "hls_edge": prefixes[0] + "master.m3u8",
-                "dash": prefixes[0] + "manifest.mpd",
+                "hls": playlist,
+                "hls_edge": first + "master.m3u8" if first else None,
+                "dash": first + "manifest.mpd" if first else None,
             },
             "steering": steering,
         }
 
     async def _edges(self, media_key: str, client_ip: str) -> tuple[list[RankedEdge], bool]:
-        """(ranked edges, whether they are the origin fallback)."""
+        """(ranked edges, whether they are the fallback URL standing in for steering)."""
         c = self.control
         cfg = c.config.playback
         if cfg.steering_url is None:
-            return [fallback_edge(cfg.origin_url)], False
+            return [fallback_edge(cfg.fallback_url)], False
         try:
             edges = await ranked_edges(
                 c.http, cfg.steering_url, media_key, client_ip, cfg.steering_timeout
@@ -292,20 +350,27 @@ class PlaybackService:
                 "event=steering_failed outcome=%s detail=%r fallback=%s",
                 exc.outcome,
                 exc.detail,
-                "origin" if cfg.origin_url else "none",
+                "fallback_url" if cfg.fallback_url else "none",
             )
-            if cfg.origin_url is None:
+            if cfg.fallback_url is None:
                 raise Unavailable("no edge is available for playback; retry") from None
-            return [fallback_edge(cfg.origin_url)], True
+            return [fallback_edge(cfg.fallback_url)], True
         c.metrics.inc("control_steering_requests", "ok")
         return edges, False
 
     # -- the per-session multivariant playlist --------------------------------------------
 
-    async def _play(self, account_id: str, play_id: str) -> dict[str, Any]:
-        row: dict[str, Any] | None = await self.control.db.fetchone(
-            "SELECT * FROM plays WHERE id = ? AND account_id = ?", (play_id, account_id)
-        )
+    async def _play(self, account_id: str | None, play_id: str) -> dict[str, Any]:
+        """The play (of ``account_id``; of any account when None: the caller holds the
+        play's playlist token)."""
+        if account_id is None:
+            row: dict[str, Any] | None = await self.control.db.fetchone(
+                "SELECT * FROM plays WHERE id = ?", (play_id,)
+            )
+        else:
+            row = await self.control.db.fetchone(
+                "SELECT * FROM plays WHERE id = ? AND account_id = ?", (play_id, account_id)
+            )
         if row is None:
             raise NotFound("no such playback session")
         return row
@@ -318,15 +383,30 @@ class PlaybackService:
         if float(row["lease_expires_at"]) <= now:
             raise LeaseExpired("the stream lease expired; start playback again")
 
-    async def playlist(self, account_id: str, play_id: str) -> str:
-        """The session's HLS multivariant playlist (see control/manifest.py)."""
+    def playlist_token_ok(self, play_id: str, token: str, client_ip: str | None) -> bool:
+        """Whether ``token`` (the ``?token=`` of ``manifests.hls``) authorises the playlist of
+        ``play_id`` for ``client_ip`` now."""
+        keys = self.control.config.playback.signing_keys
+        if keys is None:
+            return False
+        try:
+            verify(keys, token, playlist_path(play_id), float(self.control.clock()), client_ip)
+        except (TokenRejected, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, TokenRejected) else "malformed"
+            log.info("event=playlist_token_refused play=%s reason=%s", play_id, reason)
+            return False
+        return True
+
+    async def playlist(self, account_id: str | None, play_id: str) -> str:
+        """The session's HLS multivariant playlist (see control/manifest.py). ``account_id``
+        None: the caller presented the play's playlist token (`playlist_token_ok`)."""
         c = self.control
         cfg = c.config.playback
         row = await self._play(account_id, play_id)
         self._refuse_if_over(row, float(c.clock()))
         if cfg.signing_keys is None:
             raise Unavailable("playback is not configured")
-        plan = await c.billing.entitlement(account_id)
+        plan = await c.billing.entitlement(str(row["account_id"]))
         if plan is None:
             raise SubscriptionRequired("a subscription is required to play")
         media = await c.catalog.media(row["title_id"], row["episode_id"] or None)
@@ -335,19 +415,21 @@ class PlaybackService:
         if not renditions or not edges:
             raise NotPlayable("the title has no playable media")
         key = str(row["media_key"])
-        # The very token the start answered with: same prefix, expiry and binding.
-        token = sign(
-            cfg.signing_keys,
-            title_prefix(key),
-            int(float(row["started_at"]) + cfg.token_ttl),
-            row["client_ip"] if cfg.bind_client_ip else None,
-        )
+        # The start's expiry and binding; one token per directory the player fetches from.
+        expires = int(float(row["started_at"]) + cfg.token_ttl)
+        bound = str(row["client_ip"]) if cfg.bind_client_ip else None
+        tokens = {
+            d: sign(cfg.signing_keys, rendition_prefix(key, d), expires, bound)
+            for d in rendition_directories(renditions)
+        }
         steering = None
         if cfg.steering_public_url is not None:
             steering = steering_url(cfg.steering_public_url, "hls", key, str(row["client_ip"]))
         return hls_multivariant(
             renditions,
-            prefix=url_prefix(edges[0]["url"], token, key),
+            edge_url=edges[0]["url"],
+            media_key=key,
+            tokens=tokens,
             steering_uri=steering,
             pathway=BASE_PATHWAY,
         )
@@ -383,8 +465,23 @@ class PlaybackService:
                 "client_at is ahead of the server clock; check the device's clock",
                 {"fields": {"client_at": f"must not be more than {MAX_CLOCK_SKEW_S:g} s ahead"}},
             )
+        # Read before the transaction (no lock held while the catalog and billing are asked);
+        # an unknown or another account's play gets its 404 from the transaction below.
+        meta = await c.db.fetchone(
+            "SELECT title_id, episode_id FROM plays WHERE id = ? AND account_id = ?",
+            (play_id, account_id),
+        )
+        duration: float | None = None
+        if meta is not None and position is not None:
+            duration = await self._duration(meta["title_id"], meta["episode_id"])
+            if duration is not None and position > duration:
+                position = duration
+        # The heartbeat re-checks the subscription: a stream must not outlive it.
+        entitled = True
+        if kind == "progress" and meta is not None:
+            entitled = await c.billing.entitlement(account_id) is not None
         refusal: ControlError | None = None
-        reaped = False
+        reaped = revoked = False
         async with c.db.transaction() as tx:
             # A write first: the play's row lock serialises concurrent events of this play.
             n = await tx.execute(
@@ -397,6 +494,7 @@ class PlaybackService:
             if n == 0 or row is None:
                 raise NotFound("no such playback session")
             lease_end = float(row["lease_expires_at"])
+            recorded = float(row["position"])
             if row["stopped_at"] is not None:
                 refusal = (
                     LeaseExpired("the stream lease expired; start playback again")
@@ -418,15 +516,17 @@ class PlaybackService:
                 # since the last update, nor past the lease's end.
                 end = min(now, lease_end)
                 elapsed = max(0.0, end - float(row["updated_at"]))
-                watched = min(abs(position - float(row["position"])), elapsed)
-                if kind == "progress":
+                watched = min(abs(position - recorded), elapsed)
+                recorded = position
+                if kind == "progress" and entitled:
                     lease_end = now + cfg.lease_ttl
                     await tx.execute(
                         "UPDATE plays SET position = ?, updated_at = ?, lease_expires_at = ?,"
                         " seconds_watched = seconds_watched + ?, bytes = bytes + ? WHERE id = ?",
                         (position, now, lease_end, watched, nbytes, play_id),
                     )
-                else:
+                else:  # a stop, or a heartbeat of an account no longer entitled: the end
+                    revoked = kind == "progress"
                     await tx.execute(
                         "UPDATE plays SET position = ?, updated_at = ?, stopped_at = ?,"
                         " seconds_watched = seconds_watched + ?, bytes = bytes + ? WHERE id = ?",
@@ -437,7 +537,7 @@ class PlaybackService:
             log.info("event=leases_expired account=%s play=%s count=1", account_id, play_id)
         if refusal is not None:
             raise refusal
-        c.metrics.inc("control_playback_events", kind)
+        c.metrics.inc("control_playback_events", "subscription_ended" if revoked else kind)
         if kind == "error":
             log.warning(
                 "event=playback_error account=%s play=%s title=%s error=%r",
@@ -447,7 +547,6 @@ class PlaybackService:
                 error[:MAX_ERROR_CHARS],
             )
         elif position is not None and client_at is not None:
-            duration = await self._duration(row["title_id"], row["episode_id"])
             try:
                 await c.library.record_position(
                     row["profile_id"],
@@ -459,18 +558,24 @@ class PlaybackService:
                 )
             except IntegrityError:  # the profile was deleted while it played
                 log.info("event=position_dropped play=%s reason=profile_gone", play_id)
-            if kind == "stop":
+            if kind == "stop" or revoked:
                 log.info(
-                    "event=playback_stop account=%s play=%s title=%s position=%.1f",
+                    "event=playback_stop account=%s play=%s title=%s position=%.1f reason=%s",
                     account_id,
                     play_id,
                     row["title_id"],
                     position,
+                    "subscription_ended" if revoked else "stop",
                 )
-        stopped = kind == "stop"
+        if revoked:
+            raise SubscriptionRequired(
+                "the subscription has ended: the stream was stopped",
+                {"play_id": play_id, "stopped": True},
+            )
         return {
             "play_id": play_id,
-            "stopped": stopped,
+            "stopped": kind == "stop",
+            "position": recorded,
             "lease_expires_at": lease_end,
             "heartbeat_interval": cfg.lease_ttl / 3,
         }
@@ -484,17 +589,40 @@ class PlaybackService:
 
     async def stop(self, account_id: str, play_id: str) -> None:
         """``DELETE /v1/playback/{play_id}``: end the lease (the position stays the last one
-        reported)."""
+        reported). Idempotent: a play that is over already (stopped, or its lease ran out) is
+        left as it is, and the answer is the same; 404 only for unknown and others' plays."""
         c = self.control
         now = float(c.clock())
-        n = await c.db.execute(
-            "UPDATE plays SET stopped_at = ? WHERE id = ? AND account_id = ? AND stopped_at IS NULL",
-            (now, play_id, account_id),
-        )
+        reaped = False
+        async with c.db.transaction() as tx:
+            n = await tx.execute(
+                "UPDATE plays SET stopped_at = ? WHERE id = ? AND account_id = ?"
+                " AND stopped_at IS NULL AND lease_expires_at > ?",
+                (now, play_id, account_id, now),
+            )
+            if n == 0:
+                # Over already, or not ours (404). A lease that ran out without being marked
+                # yet is marked as expired (not as stopped now): its slot was freed back then.
+                reaped = (
+                    await tx.execute(
+                        f"{_REAP} WHERE id = ? AND account_id = ? AND stopped_at IS NULL",
+                        (play_id, account_id),
+                    )
+                    > 0
+                )
+                row = await tx.fetchone(
+                    "SELECT id FROM plays WHERE id = ? AND account_id = ?", (play_id, account_id)
+                )
+                if row is None:
+                    raise NotFound("no such playback session")
+        if reaped:
+            c.metrics.inc("control_leases_expired")
+            log.info("event=leases_expired account=%s play=%s count=1", account_id, play_id)
         if n == 0:
-            row = await self._play(account_id, play_id)  # 404 for unknown and others'
-            self._refuse_if_over(row, now)
-            raise PlaybackStopped("the playback session was stopped")
+            log.debug(
+                "event=playback_stop account=%s play=%s outcome=already_over", account_id, play_id
+            )
+            return
         c.metrics.inc("control_playback_events", "stop")
         log.info("event=playback_stop account=%s play=%s", account_id, play_id)
 

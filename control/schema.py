@@ -189,8 +189,16 @@ V3 = """
 ALTER TABLE episodes ADD COLUMN published INTEGER NOT NULL DEFAULT 1
 """
 
+# Billing (control/billing.py): what an invoice buys. 'period' (a first invoice or a renewal,
+# every invoice before this migration) or 'upgrade' (the prorated difference of a plan upgrade;
+# its plan_id is the plan paid for, applied when it is paid).
+V4 = """
+ALTER TABLE invoices ADD COLUMN kind TEXT NOT NULL DEFAULT 'period'
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "plays: ranked edges of the session", V2),
     Migration(3, "episodes: availability from the origin feed", V3),
+    Migration(4, "invoices: kind (period or upgrade)", V4),
 )

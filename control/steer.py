@@ -3,7 +3,11 @@
 ``GET {steering_url}/v1/steer?key=<media key>&client=<player address>`` on the steering service
 (steering/app.py), bounded by ``playback.steering_timeout``. Any failure (timeout, connection
 refused, non-200, an answer naming no usable edge) raises `SteeringFailed` with the outcome for
-``control_steering_requests{outcome}``; the caller falls back to ``playback.origin_url``.
+``control_steering_requests{outcome}``; the caller falls back to ``playback.fallback_url``.
+Steering's own last resort, the origin (edge id ``"origin"``, last in every answer), is never
+returned (control/manifest.py ``parse_steer_answer``): the origin refuses players. An answer
+naming nothing but the origin (no edge alive) is therefore a failure (``error``) and the caller
+falls back too.
 """
 
 from __future__ import annotations

@@ -333,9 +333,9 @@ def _client(request: web.Request, s: Steering) -> Any:
         if given is not None:
             return parse_client_address(given, None, ())
         proxies = [ipaddress.ip_network(p, strict=False) for p in s.config.trusted_proxies]
-        return parse_client_address(
-            request.remote or "", request.headers.get("X-Forwarded-For"), proxies
-        )
+        # Every X-Forwarded-For line, in order (RFC 9110 section 5.3: one list, however split).
+        forwarded = ", ".join(request.headers.getall("X-Forwarded-For", [])) or None
+        return parse_client_address(request.remote or "", forwarded, proxies)
     except LocalityError as exc:
         raise web.HTTPBadRequest(text=f"client address: {exc}\n") from exc
 

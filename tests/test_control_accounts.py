@@ -1,16 +1,20 @@
 """Accounts over HTTP on both backends: sign-up, sign-in and out, sessions (expiry, revocation,
-cap), password change, rate limits, profiles (caps, ownership, concurrency), roles, and the
-handling of hostile input."""
+cap), password change, rate limits (per client address, through trusted proxies, and per
+e-mail), profiles (caps, ownership, concurrency), roles, and the handling of hostile input."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import re
 from typing import Any
 
 import pytest
 
 from control import auth
+from control.clients import forwarded_client
+from control.config import RateConfig
 from tests.control_support import PASSWORD
 
 UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "wrong e-mail or password"}}
@@ -133,12 +137,32 @@ async def test_create_account_for_the_cli(start_control: Any) -> None:
     account = await rc.control.accounts.create_account("Root@Example.com", PASSWORD, role="admin")
     assert (account.email, account.role) == ("root@example.com", "admin")
     assert len(await rc.control.accounts.profiles_of(account.id)) == 1
-    with pytest.raises(Conflict):
-        await rc.control.accounts.create_account("root@example.com", PASSWORD)
-    with pytest.raises(BadRequest):
+    # The CLI prints .message alone: it must read well on its own (no "invalid body: ",
+    # no doubled words) and, for an operator, say plainly that the address is taken.
+    with pytest.raises(Conflict) as conflict:
+        await rc.control.accounts.create_account(" ROOT@example.com", PASSWORD)
+    assert conflict.value.message == "an account with this e-mail already exists"
+    with pytest.raises(BadRequest) as bad:
         await rc.control.accounts.create_account("not-an-address", PASSWORD)
-    with pytest.raises(BadRequest):
+    assert bad.value.message == "e-mail address must contain exactly one '@'"
+    assert set(bad.value.details["fields"]) == {"email"}
+    with pytest.raises(BadRequest) as bad:
         await rc.control.accounts.create_account("x@example.com", "short")
+    assert bad.value.message == "password must be at least 8 characters"
+    assert bad.value.details == {"fields": {"password": "must be at least 8 characters"}}
+    with pytest.raises(BadRequest) as bad:
+        await rc.control.accounts.create_account("x@example.com", "p" * 1025)
+    assert bad.value.message == "password must be at most 1024 characters"
+    with pytest.raises(BadRequest) as bad:
+        await rc.control.accounts.create_account("x@example.com", PASSWORD, role="root")
+    assert bad.value.message == "role must be one of user, admin"
+    assert (
+        await rc.control.db.fetchone("SELECT id FROM accounts WHERE email = ?", ("x@example.com",))
+        is None
+    )
+    # The HTTP sign-up keeps its uniform answer for a taken address.
+    r = await rc.api.post("/v1/accounts", json={"email": "root@example.com", "password": PASSWORD})
+    assert r.body["error"]["message"] == "cannot create an account with these details"
 
 
 # -- sessions -----------------------------------------------------------------------------
@@ -265,7 +289,8 @@ async def test_password_change_keeps_this_session_and_ends_the_others(
         json={"current_password": PASSWORD, "new_password": "short"},
         token=user.token,
     )
-    assert set(fields_of(r)) == {"new_password"}
+    assert fields_of(r) == {"new_password": "must be at least 8 characters"}
+    assert r.body["error"]["message"] == "invalid body: new_password must be at least 8 characters"
     assert (await rc.api.get("/v1/account", token=phone)).status == 200
 
     r = await rc.api.put(
@@ -354,6 +379,169 @@ async def test_signup_is_limited_per_address(start_control: Any) -> None:
     rc.clock.advance(4)
     r = await rc.api.post("/v1/accounts", json={"email": "e@example.com", "password": PASSWORD})
     assert r.status == 201, r
+
+
+async def test_signup_is_limited_per_account_whether_or_not_it_exists(
+    start_control: Any,
+) -> None:
+    rc = await start_control(rate_limits={"signup_per_account": {"rate": 0.1, "burst": 2}})
+    await rc.control.accounts.create_account("taken@example.com", PASSWORD)
+    outcomes: dict[str, list[Any]] = {}
+    for email in ("taken@example.com", "new@example.com"):
+        replies = [
+            await rc.api.post(
+                "/v1/accounts", json={"email": spelling, "password": PASSWORD}
+            )  # spellings of one address share a bucket
+            for spelling in (email, email.upper(), f" {email} ")
+        ]
+        outcomes[email] = [(r.status, r.headers.get("Retry-After")) for r in replies]
+    assert outcomes == {
+        "taken@example.com": [(409, None), (409, None), (429, "10")],
+        "new@example.com": [(201, None), (409, None), (429, "10")],
+    }
+    assert rc.counter("control_rate_limited", "signup_per_account") == 2
+    assert rc.counter("control_signups", "rate_limited") == 2
+    # Other addresses, from the same client, are not affected; invalid requests take nothing.
+    r = await rc.api.post("/v1/accounts", json={"email": "taken@example.com", "password": "x"})
+    assert r.status == 400
+    await rc.signup()
+    rc.clock.advance(10)
+    r = await rc.api.post("/v1/accounts", json={"email": "taken@example.com", "password": PASSWORD})
+    assert r.status == 409
+    r = await rc.api.post("/v1/accounts", json={"email": "taken@example.com", "password": PASSWORD})
+    assert r.status == 429
+
+
+async def test_the_default_signup_limit_per_account(start_control: Any) -> None:
+    rc = await start_control()
+    assert rc.config.rate_limits.signup_per_account == RateConfig(0.01, 3)
+    body = {"email": "probe@example.com", "password": PASSWORD}
+    statuses = [(await rc.api.post("/v1/accounts", json=body)).status for _ in range(4)]
+    assert statuses == [201, 409, 409, 429]
+    rc.clock.advance(100)
+    assert (await rc.api.post("/v1/accounts", json=body)).status == 409
+
+
+async def test_per_address_limits_key_on_the_client_behind_a_trusted_proxy(
+    start_control: Any,
+) -> None:
+    limits = {
+        "signup_per_address": {"rate": 0.1, "burst": 1},
+        "signin_per_address": {"rate": 0.1, "burst": 1},
+    }
+    rc = await start_control(rate_limits=limits, trusted_proxies=["127.0.0.0/8", "::1"])
+
+    async def signup(xff: str | None) -> int:
+        headers = {} if xff is None else {"X-Forwarded-For": xff}
+        body = {"email": f"u{rc.users}@example.com", "password": PASSWORD}
+        rc.users += 1
+        return (await rc.api.post("/v1/accounts", json=body, headers=headers)).status
+
+    # Each client behind the proxy (this test's 127.0.0.1) has its own bucket.
+    assert await signup("198.51.100.1") == 201
+    assert await signup("198.51.100.2") == 201
+    assert await signup("198.51.100.1") == 429
+    # The right-most untrusted entry is the client: what a client wrote left of it, or in a
+    # second header line before the proxy's, does not give it a fresh bucket.
+    assert await signup("203.0.113.9, 198.51.100.1") == 429
+    assert await signup("198.51.100.1, 127.0.0.2") == 429  # a trusted hop is skipped
+    assert await signup("[2001:db8::7]:4711") == 201
+    assert await signup("2001:db8::7") == 429
+    assert rc.counter("control_rate_limited", "signup_per_address") == 4
+    # Sign-in too.
+    body = {"email": "nobody@example.com", "password": PASSWORD}
+    r = await rc.api.post("/v1/sessions", json=body, headers={"X-Forwarded-For": "192.0.2.1"})
+    assert r.status == 401
+    r = await rc.api.post("/v1/sessions", json=body, headers={"X-Forwarded-For": "192.0.2.1"})
+    assert r.status == 429
+    r = await rc.api.post("/v1/sessions", json=body, headers={"X-Forwarded-For": "192.0.2.2"})
+    assert r.status == 401
+
+
+async def test_x_forwarded_for_is_ignored_without_a_trusted_proxy(start_control: Any) -> None:
+    rc = await start_control(rate_limits={"signup_per_address": {"rate": 0.1, "burst": 1}})
+    assert rc.config.trusted_proxies == ()
+    ok = await rc.api.post(
+        "/v1/accounts",
+        json={"email": "a@example.com", "password": PASSWORD},
+        headers={"X-Forwarded-For": "198.51.100.1"},
+    )
+    assert ok.status == 201
+    # Another claimed address from the same peer: the same (peer's) bucket.
+    r = await rc.api.post(
+        "/v1/accounts",
+        json={"email": "b@example.com", "password": PASSWORD},
+        headers={"X-Forwarded-For": "198.51.100.2"},
+    )
+    assert r.status == 429
+
+
+TRUSTED = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:ff::/48")]
+
+
+@pytest.mark.parametrize(
+    ("remote", "xff", "client"),
+    [
+        # Not from a trusted proxy: the peer, whatever the header says.
+        ("198.51.100.1", ["203.0.113.5"], "198.51.100.1"),
+        ("198.51.100.1", [], "198.51.100.1"),
+        ("::ffff:198.51.100.1", ["203.0.113.5"], "198.51.100.1"),
+        # From a trusted proxy: the right-most entry that is not a trusted proxy.
+        ("10.0.0.1", ["203.0.113.5"], "203.0.113.5"),
+        ("10.0.0.1", ["1.1.1.1, 203.0.113.5"], "203.0.113.5"),
+        ("10.0.0.1", ["1.1.1.1, 203.0.113.5, 10.2.3.4"], "203.0.113.5"),
+        ("10.0.0.1", ["1.1.1.1", "203.0.113.5, 10.2.3.4"], "203.0.113.5"),  # two lines
+        ("10.0.0.1", ["203.0.113.5:4711"], "203.0.113.5"),
+        ("10.0.0.1", ["[2001:db8::5]:443"], "2001:db8::5"),
+        ("10.0.0.1", ["::ffff:203.0.113.5"], "203.0.113.5"),
+        ("2001:db8:ff::1", ["2001:db8::5"], "2001:db8::5"),
+        ("10.0.0.1", ["203.0.113.5, , "], "203.0.113.5"),  # empty elements: no hop
+        # No header, or nothing to follow: the nearest hop we can vouch for.
+        ("10.0.0.1", [], "10.0.0.1"),
+        ("10.0.0.1", [""], "10.0.0.1"),
+        ("10.0.0.1", ["10.9.9.9, 10.0.0.2"], "10.9.9.9"),
+        ("10.0.0.1", ["unknown"], "10.0.0.1"),
+        ("10.0.0.1", ["203.0.113.5, garbage, 10.0.0.7"], "10.0.0.7"),
+        ("10.0.0.1", ["garbage, 203.0.113.5"], "203.0.113.5"),  # left of the client: unread
+        # A peer that is no IP address (a Unix socket) or none at all.
+        ("", ["203.0.113.5"], "unknown"),
+        (None, [], "unknown"),
+        ("/run/control.sock", ["203.0.113.5"], "/run/control.sock"),
+    ],
+)
+def test_forwarded_client(remote: str | None, xff: list[str], client: str) -> None:
+    assert forwarded_client(remote, xff, TRUSTED) == client
+
+
+def test_forwarded_client_without_trusted_proxies() -> None:
+    assert forwarded_client("10.0.0.1", ["203.0.113.5"], ()) == "10.0.0.1"
+
+
+def test_trusted_proxies_configuration(tmp_path: Any) -> None:
+    from control.config import ConfigError, load_config
+
+    path = tmp_path / "control.yaml"
+    path.write_text('trusted_proxies: ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "10.0.0.0/8"]\n')
+    config = load_config(path)
+    assert config.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.7/32"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert load_config(None).trusted_proxies == ()
+    for text, key in (
+        ("trusted_proxies: 10.0.0.0/8\n", "trusted_proxies"),
+        ("trusted_proxies: ['10.0.0.0/8', 'lan']\n", "trusted_proxies[1]"),
+        ("trusted_proxies: ['10.0.0.1/8']\n", "trusted_proxies[0]"),  # host bits: a typo?
+        ("trusted_proxies: [42]\n", "trusted_proxies[0]"),
+        ("trusted_proxie: []\n", "trusted_proxie"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"{key}:")):
+            load_config(path)
+    path.write_text("rate_limits: {signup_per_account: {rate: 0}}\n")
+    with pytest.raises(ConfigError, match=r"rate_limits\.signup_per_account\.rate"):
+        load_config(path)
 
 
 async def test_rate_limits_can_be_turned_off(start_control: Any) -> None:

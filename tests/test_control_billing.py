@@ -1,11 +1,14 @@
 """Plans, subscriptions and invoices over HTTP on both backends, driven by a fake clock:
-pending -> paid -> active -> canceled -> over; upgrades now, downgrades at the next period;
-renewal invoices; administration of invoices (listing, paying, voiding)."""
+pending -> paid -> active -> canceled -> over; upgrades once their prorated invoice is paid,
+downgrades at the next period; renewal invoices; administration of invoices (listing,
+paying, voiding)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+
+import pytest
 
 from control.config import DEFAULT_PLANS
 
@@ -224,19 +227,340 @@ async def test_downgrade_applies_at_the_next_period(start_control: Any) -> None:
     assert await entitled(rc, user.account_id) == "standard"
 
 
-async def test_upgrade_applies_now(start_control: Any) -> None:
+async def test_an_upgrade_waits_for_its_prorated_invoice(start_control: Any) -> None:
     rc = await start_control(sessions=LONG_SESSIONS)
+    admin = await rc.admin()
     user = await rc.subscriber("basic")
     before = (await rc.api.get("/v1/subscription", token=user.token)).body["subscription"]
+    rc.clock.advance(10 * DAY)  # 20 of 30 days left
     r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=user.token)
     assert r.status == 200, r
-    sub = r.body["subscription"]
-    assert (sub["plan_id"], sub["next_plan_id"], sub["status"]) == ("premium", None, "active")
-    assert sub["period_end"] == before["period_end"]
+    sub, invoice = r.body["subscription"], r.body["invoice"]
+    # Nothing changes yet: still basic, same period, no downgrade or resumption pending.
+    assert (sub["plan_id"], sub["next_plan_id"], sub["status"]) == ("basic", None, "active")
+    assert (sub["period_start"], sub["period_end"]) == (
+        before["period_start"],
+        before["period_end"],
+    )
+    # (1799 - 799) x 20/30 = 666.67 -> 667 cents, for the rest of the period.
+    assert (invoice["kind"], invoice["plan_id"], invoice["status"]) == (
+        "upgrade",
+        "premium",
+        "open",
+    )
+    assert (invoice["amount_cents"], invoice["currency"]) == (667, "USD")
+    assert (invoice["period_start"], invoice["period_end"]) == (rc.clock.now, sub["period_end"])
+    assert await entitled(rc, user.account_id) == "basic"
+    r = await rc.api.get("/v1/subscription", token=user.token)
+    assert r.body["invoice"] == invoice
+    assert r.body["subscription"]["plan"]["id"] == "basic"
+    assert rc.counter("control_invoices", "created") == 2
+
+    # Paid: premium for the rest of the paid period, which is not extended.
+    rc.clock.advance(DAY)
+    r = await pay(rc, admin, invoice["id"], "card 1")
+    assert r.status == 200, r
+    assert (r.body["status"], r.body["kind"], r.body["reference"]) == ("paid", "upgrade", "card 1")
+    assert (r.body["period_start"], r.body["period_end"]) == (
+        invoice["period_start"],
+        invoice["period_end"],
+    )
+    sub = (await rc.api.get("/v1/subscription", token=user.token)).body["subscription"]
+    assert (sub["plan_id"], sub["status"], sub["entitled"]) == ("premium", "active", True)
+    assert (sub["period_start"], sub["period_end"]) == (
+        before["period_start"],
+        before["period_end"],
+    )
     assert await entitled(rc, user.account_id) == "premium"
+    assert (await pay(rc, admin, invoice["id"])).status == 409  # paid already
+
+    # The renewal is at the new plan's price.
     rc.clock.now = sub["period_end"]
     renewal = (await rc.api.get("/v1/subscription", token=user.token)).body["invoice"]
-    assert (renewal["plan_id"], renewal["amount_cents"]) == ("premium", 1799)
+    assert (renewal["kind"], renewal["plan_id"], renewal["amount_cents"]) == (
+        "period",
+        "premium",
+        1799,
+    )
+
+
+async def test_a_downgrade_right_after_an_upgrade_does_not_keep_the_better_plan(
+    start_control: Any,
+) -> None:
+    """The old hole: upgrade (free, at once), then schedule a downgrade: the better plan for
+    the cheap price, every period. Now the upgrade is paid for its remainder only, and the
+    downgrade applies from the next period as always."""
+    rc = await start_control(sessions=LONG_SESSIONS)
+    admin = await rc.admin()
+    user = await rc.subscriber("basic")
+    end = (await rc.api.get("/v1/subscription", token=user.token)).body["subscription"][
+        "period_end"
+    ]
+    # Unpaid upgrade, then back to the current plan: nothing gained, the invoice is void.
+    rc.clock.advance(1)  # (invoices list newest first)
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=user.token)
+    upgrade = r.body["invoice"]
+    assert upgrade["amount_cents"] == 1000  # (almost) the whole period is left
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "basic"}, token=user.token)
+    assert r.status == 200
+    assert r.body["invoice"] is None
+    assert (r.body["subscription"]["plan_id"], r.body["subscription"]["next_plan_id"]) == (
+        "basic",
+        None,
+    )
+    assert await entitled(rc, user.account_id) == "basic"
+    assert (await pay(rc, admin, upgrade["id"])).status == 409  # void
+
+    # A paid upgrade, then a downgrade: premium until the end of the period, then basic.
+    rc.clock.advance(1)
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=user.token)
+    assert (await pay(rc, admin, r.body["invoice"]["id"])).status == 200
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "basic"}, token=user.token)
+    assert (r.body["subscription"]["plan_id"], r.body["subscription"]["next_plan_id"]) == (
+        "premium",
+        "basic",
+    )
+    assert r.body["invoice"] is None
+    assert await entitled(rc, user.account_id) == "premium"
+    rc.clock.now = end
+    renewal = (await rc.api.get("/v1/subscription", token=user.token)).body["invoice"]
+    assert (renewal["kind"], renewal["plan_id"], renewal["amount_cents"]) == (
+        "period",
+        "basic",
+        799,
+    )
+    assert (await pay(rc, admin, renewal["id"])).status == 200
+    assert await entitled(rc, user.account_id) == "basic"
+    r = await rc.api.get("/v1/invoices", token=user.token)
+    assert [(i["kind"], i["plan_id"], i["amount_cents"], i["status"]) for i in r.body["items"]] == [
+        ("period", "basic", 799, "paid"),
+        ("upgrade", "premium", 1000, "paid"),
+        ("upgrade", "premium", 1000, "void"),
+        ("period", "basic", 799, "paid"),
+    ]
+
+
+async def test_a_second_upgrade_voids_the_first_and_an_upgrade_drops_a_downgrade(
+    start_control: Any,
+) -> None:
+    rc = await start_control(sessions=LONG_SESSIONS)
+    admin = await rc.admin()
+    user = await rc.subscriber("basic")
+    rc.clock.advance(15 * DAY)  # half the period left
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "standard"}, token=user.token)
+    first = r.body["invoice"]
+    assert (first["plan_id"], first["amount_cents"]) == ("standard", 250)  # 500 x 1/2
+    rc.clock.advance(1)
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=user.token)
+    second = r.body["invoice"]
+    assert (second["plan_id"], second["amount_cents"], second["kind"]) == (
+        "premium",
+        500,
+        "upgrade",
+    )
+    assert second["id"] != first["id"]
+    r = await rc.api.get("/v1/invoices", params={"limit": 2}, token=user.token)
+    assert {i["id"]: i["status"] for i in r.body["items"]} == {
+        first["id"]: "void",
+        second["id"]: "open",
+    }
+    assert (await pay(rc, admin, first["id"])).status == 409
+    assert await entitled(rc, user.account_id) == "basic"
+    # A downgrade voids the unpaid upgrade too.
+    other = await rc.subscriber("standard")
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=other.token)
+    upgrade = r.body["invoice"]
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "basic"}, token=other.token)
+    assert (r.body["subscription"]["next_plan_id"], r.body["invoice"]) == ("basic", None)
+    assert (await pay(rc, admin, upgrade["id"])).status == 409
+    # An upgrade after a scheduled downgrade cancels the downgrade (as soon as it is asked).
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=other.token)
+    assert r.body["subscription"]["next_plan_id"] is None
+    assert (r.body["subscription"]["plan_id"], r.body["invoice"]["plan_id"]) == (
+        "standard",
+        "premium",
+    )
+    assert await entitled(rc, other.account_id) == "standard"
+    assert (await pay(rc, admin, second["id"])).status == 200
+    assert await entitled(rc, user.account_id) == "premium"
+
+
+async def test_voiding_an_upgrade_invoice_keeps_the_current_plan(start_control: Any) -> None:
+    rc = await start_control(sessions=LONG_SESSIONS)
+    admin = await rc.admin()
+    user = await rc.subscriber("standard")
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=user.token)
+    upgrade = r.body["invoice"]
+    r = await rc.api.post(f"/v1/admin/invoices/{upgrade['id']}/void", token=admin.token)
+    assert r.status == 200, r
+    assert (r.body["status"], r.body["kind"]) == ("void", "upgrade")
+    r = await rc.api.get("/v1/subscription", token=user.token)
+    sub = r.body["subscription"]
+    assert (sub["plan_id"], sub["status"], sub["cancel_at_period_end"], sub["entitled"]) == (
+        "standard",
+        "active",
+        False,
+        True,
+    )
+    assert r.body["invoice"] is None
+    assert await entitled(rc, user.account_id) == "standard"
+    assert (await pay(rc, admin, upgrade["id"])).status == 409
+    # It renews as before.
+    rc.clock.now = sub["period_end"]
+    renewal = (await rc.api.get("/v1/subscription", token=user.token)).body["invoice"]
+    assert (renewal["plan_id"], renewal["amount_cents"]) == ("standard", 1299)
+
+
+async def test_an_unpaid_upgrade_lapses_with_its_period(start_control: Any) -> None:
+    rc = await start_control(sessions=LONG_SESSIONS)
+    admin = await rc.admin()
+    user = await rc.subscriber("basic")
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=user.token)
+    upgrade = r.body["invoice"]
+    end = r.body["subscription"]["period_end"]
+    rc.clock.now = end
+    # The entitlement check makes the renewal, for the current plan, and voids the upgrade.
+    assert await entitled(rc, user.account_id) is None
+    r = await rc.api.get("/v1/subscription", token=user.token)
+    renewal = r.body["invoice"]
+    assert (renewal["kind"], renewal["plan_id"], renewal["amount_cents"]) == (
+        "period",
+        "basic",
+        799,
+    )
+    r = await rc.api.get("/v1/invoices", token=user.token)
+    statuses = {i["id"]: i["status"] for i in r.body["items"]}
+    assert (statuses[renewal["id"]], statuses[upgrade["id"]], len(statuses)) == ("open", "void", 3)
+    r = await pay(rc, admin, upgrade["id"])
+    assert r.status == 409
+    assert (await pay(rc, admin, renewal["id"])).status == 200
+    assert await entitled(rc, user.account_id) == "basic"
+
+
+async def test_an_upgrade_past_its_period_cannot_be_paid(start_control: Any) -> None:
+    """Paid after its period ended but before anything read the subscription (no renewal
+    made yet, so the invoice is still open): refused, the plan does not change."""
+    rc = await start_control(sessions=LONG_SESSIONS)
+    user = await rc.subscriber("basic")
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "standard"}, token=user.token)
+    upgrade = r.body["invoice"]
+    rc.clock.now = r.body["subscription"]["period_end"]
+    from control.errors import Conflict
+
+    with pytest.raises(Conflict, match="period"):
+        await rc.control.billing.mark_paid(upgrade["id"])
+    row = await rc.control.db.fetchone(
+        "SELECT plan_id FROM subscriptions WHERE account_id = ?", (user.account_id,)
+    )
+    assert row["plan_id"] == "basic"
+
+
+async def test_the_last_second_of_a_period_still_costs_a_cent(start_control: Any) -> None:
+    rc = await start_control(sessions=LONG_SESSIONS)
+    user = await rc.subscriber("basic")
+    end = (await rc.api.get("/v1/subscription", token=user.token)).body["subscription"][
+        "period_end"
+    ]
+    rc.clock.now = end - 1
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "premium"}, token=user.token)
+    assert (r.body["invoice"]["amount_cents"], r.body["invoice"]["period_end"]) == (1, end)
+
+
+async def test_upgrading_a_canceled_subscription_resumes_it(start_control: Any) -> None:
+    rc = await start_control(sessions=LONG_SESSIONS)
+    admin = await rc.admin()
+    user = await rc.subscriber("basic")
+    assert (await rc.api.delete("/v1/subscription", token=user.token)).status == 204
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "standard"}, token=user.token)
+    sub, upgrade = r.body["subscription"], r.body["invoice"]
+    # Resumed at once (it renews again), upgraded only once paid.
+    assert (sub["status"], sub["cancel_at_period_end"], sub["plan_id"]) == (
+        "active",
+        False,
+        "basic",
+    )
+    assert (upgrade["kind"], upgrade["plan_id"]) == ("upgrade", "standard")
+    assert (await pay(rc, admin, upgrade["id"])).status == 200
+    rc.clock.now = sub["period_end"]
+    renewal = (await rc.api.get("/v1/subscription", token=user.token)).body["invoice"]
+    assert (renewal["plan_id"], renewal["amount_cents"]) == ("standard", 1299)
+
+
+async def test_a_plan_in_another_currency_applies_from_the_next_period(
+    start_control: Any,
+) -> None:
+    plans = [
+        {"id": "small", "name": "Small", "max_streams": 1, "max_height": 480,
+         "price_cents": 500, "currency": "USD", "period_days": 30},
+        {"id": "large", "name": "Large", "max_streams": 4, "max_height": 2160,
+         "price_cents": 1500, "currency": "USD", "period_days": 30},
+        {"id": "euro", "name": "Euro", "max_streams": 4, "max_height": 2160,
+         "price_cents": 900, "currency": "EUR", "period_days": 30},
+    ]  # fmt: skip
+    rc = await start_control(sessions=LONG_SESSIONS, plans=plans)
+    user = await rc.subscriber("small")
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "euro"}, token=user.token)
+    sub = r.body["subscription"]
+    assert (sub["plan_id"], sub["next_plan_id"], r.body["invoice"]) == ("small", "euro", None)
+    rc.clock.now = sub["period_end"]
+    renewal = (await rc.api.get("/v1/subscription", token=user.token)).body["invoice"]
+    assert (renewal["plan_id"], renewal["amount_cents"], renewal["currency"]) == (
+        "euro",
+        900,
+        "EUR",
+    )
+    # Within one currency an upgrade is prorated.
+    other = await rc.subscriber("small")
+    r = await rc.api.put("/v1/subscription", json={"plan_id": "large"}, token=other.token)
+    assert (r.body["invoice"]["amount_cents"], r.body["invoice"]["currency"]) == (1000, "USD")
+
+
+async def test_concurrent_upgrades_leave_one_open_invoice(start_control: Any) -> None:
+    rc = await start_control(sessions=LONG_SESSIONS)
+    user = await rc.subscriber("basic")
+    replies = await asyncio.gather(
+        *(
+            rc.api.put("/v1/subscription", json={"plan_id": plan}, token=user.token)
+            for plan in ("standard", "premium") * 3
+        )
+    )
+    assert all(r.status == 200 for r in replies), replies
+    rows = await rc.control.db.fetchall(
+        "SELECT kind FROM invoices WHERE account_id = ? AND status = 'open'", (user.account_id,)
+    )
+    assert [r["kind"] for r in rows] == ["upgrade"]
+
+
+@pytest.mark.parametrize(
+    ("diff", "start", "end", "now", "cents"),
+    [
+        (1000, 0.0, 30.0, 0.0, 1000),  # the whole period
+        (1000, 0.0, 30.0, 10.0, 667),  # 666.67 rounds up
+        (1000, 0.0, 30.0, 20.0, 333),  # 333.33 rounds down
+        (1, 0.0, 2.0, 1.0, 1),  # 0.5 rounds half up
+        (3, 0.0, 2.0, 1.0, 2),  # 1.5 rounds half up
+        (5, 0.0, 4.0, 3.0, 1),  # 1.25 rounds down
+        (1000, 0.0, 30.0, 29.999, 1),  # almost nothing left: at least 1 cent
+        (1000, 0.0, 30.0, 30.0, 1),  # (nothing left: still 1 cent; never asked in practice)
+        (1000, 0.0, 30.0, -5.0, 1000),  # a clock before the start: never more than the diff
+        (1000, 5.0, 5.0, 5.0, 1000),  # a degenerate period counts as wholly left
+        # Realistic float times: 1/3 of 30 days at 1_790_000_000 is still exactly 333.33.
+        (1000, 1_790_000_000.0, 1_790_000_000.0 + 30 * DAY, 1_790_000_000.0 + 20 * DAY, 333),
+        (1000, 1_790_000_000.0, 1_790_000_000.0 + 30 * DAY, 1_790_000_000.0 + 15 * DAY, 500),
+    ],
+)
+def test_prorated_cents(diff: int, start: float, end: float, now: float, cents: int) -> None:
+    from control.billing import prorated_cents
+
+    assert prorated_cents(diff, start, end, now) == cents
+
+
+def test_prorated_cents_needs_a_higher_price() -> None:
+    from control.billing import prorated_cents
+
+    for diff in (0, -1):
+        with pytest.raises(ValueError):
+            prorated_cents(diff, 0.0, 30.0, 10.0)
 
 
 async def test_changing_the_plan_resumes_a_canceled_subscription(start_control: Any) -> None:

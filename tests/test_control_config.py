@@ -129,7 +129,7 @@ playback:
   bind_client_ip: true
   steering_url: "http://127.0.0.1:8100/"
   steering_timeout: 500ms
-  origin_url: "http://127.0.0.1:8081"
+  fallback_url: "http://127.0.0.1:8081"
 catalog_feed: {{url: "http://127.0.0.1:8000", credential_file: {cred}, interval: 1m}}
 recommend: {{interval: 0, row_size: 50, half_life_days: 0.5, min_support: 1}}
 log_level: debug
@@ -164,7 +164,7 @@ log_level: debug
     assert pb.signing_keys.current == "k2" and set(pb.signing_keys.keys) == {"k1", "k2"}
     assert (pb.token_ttl, pb.lease_ttl, pb.bind_client_ip) == (86400, 30, True)
     assert pb.steering_url == pb.steering_public_url == "http://127.0.0.1:8100"
-    assert pb.steering_timeout == 0.5 and pb.origin_url == "http://127.0.0.1:8081"
+    assert pb.steering_timeout == 0.5 and pb.fallback_url == "http://127.0.0.1:8081"
     assert config.catalog_feed == CatalogFeedConfig("http://127.0.0.1:8000", cred, 60.0)
     assert config.recommend == RecommendConfig(0.0, 50, 0.5, 1)
     assert config.log_level == "debug"
@@ -189,8 +189,8 @@ def test_sizes(tmp_path, text, size):
 def test_relative_sqlite_path_is_made_absolute(tmp_path):
     config = load_config(_write(tmp_path, 'database: {url: "sqlite:///data/c.db"}\n'))
     assert config.database.sqlite_path == Path(os.path.abspath("data/c.db"))
-    memory = load_config(_write(tmp_path, 'database: {url: "sqlite:///:memory:"}\n'))
-    assert memory.database.url == "sqlite:///:memory:"
+    with pytest.raises(ConfigError, match=r"database\.url: an in-memory SQLite database"):
+        load_config(_write(tmp_path, 'database: {url: "sqlite:///:memory:"}\n'))
 
 
 def test_steering_public_url_overrides_steering_url(tmp_path):
@@ -287,7 +287,7 @@ BAD = [
     ("playback: {steering_url: 'http://x:8100?a=1'}\n", "playback.steering_url", "no query"),
     ("playback: {steering_public_url: '//x'}\n", "playback.steering_public_url", "URL"),
     ("playback: {steering_timeout: 0.01}\n", "playback.steering_timeout", "0.05s to 30s"),
-    ("playback: {origin_url: 'http://'}\n", "playback.origin_url", "URL"),
+    ("playback: {fallback_url: 'http://'}\n", "playback.fallback_url", "URL"),
     ("catalog_feed: {url: 'http://127.0.0.1:8000'}\n", "catalog_feed.credential_file", "required"),
     ("catalog_feed: {credential_file: '{short_token}'}\n", "catalog_feed.credential_file", "16"),
     ("catalog_feed: {interval: 0}\n", "catalog_feed.interval", "1s to 1d"),

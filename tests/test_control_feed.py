@@ -4,21 +4,27 @@ for malformed answers), on both database backends."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
 
 from control.catalog import Media, NotPlayable
 from control.feed import FeedEntry, _Stale
+from edge.tokens import load_keys, split_token, verify
 from origin.app import ORIGIN, create_app
 from origin.catalog import CatalogFeed
 from origin.config import load_config
+from origin.synth import synth_catalog
 
+from .conftest import TEST_KEYS
 from .control_support import RunningControl, User
+from .m3u8check import parse_attributes
 
 CATALOG = "catalog-token-for-tests-0123456"
 WRONG = "not-the-catalog-token-987654321"
@@ -414,3 +420,97 @@ def test_entries_with_numbers_too_large_for_a_float_are_skipped_not_fatal() -> N
     entries, skipped, last = parse_page(page, 0)
     assert [e.key for e in entries] == ["good_one"] and last == 3
     assert [seq for seq, _ in skipped] == [1, 2]
+
+
+def test_renditions_keep_their_audio_track() -> None:
+    """The origin's summary names each rendition's audio track and its channels; both are kept
+    (the per-session playlist writes the audio groups from them), and checked."""
+    from control.feed import parse_page
+
+    audio = {**RENDITION, "audio": "audio_128k", "audio_channels": 2}
+    page = {
+        "titles": [
+            {"seq": 1, "title": "with_audio", "published": True, "renditions": [audio]},
+            {"seq": 2, "title": "no_audio", "published": True,
+             "renditions": [{**RENDITION, "audio": None, "audio_channels": None}]},
+            {"seq": 3, "title": "bad_audio", "published": True,
+             "renditions": [{**RENDITION, "audio": 5}]},
+            {"seq": 4, "title": "bad_channels", "published": True,
+             "renditions": [{**audio, "audio_channels": True}]},
+            {"seq": 5, "title": "unknown_channels", "published": True,
+             "renditions": [{**audio, "audio_channels": None}]},
+        ],
+        "next": 5,
+    }  # fmt: skip
+    entries, skipped, _ = parse_page(page, 0)
+    assert [seq for seq, _ in skipped] == [3, 4]
+    by_key = {e.key: e.renditions for e in entries}
+    assert by_key["with_audio"] == (audio,)
+    assert by_key["no_audio"] == (RENDITION,)
+    assert by_key["unknown_channels"] == ({**audio, "audio_channels": None},)
+
+
+async def test_a_published_titles_audio_reaches_the_session_playlist(
+    start_control: Any, origin: Origin, tmp_path: Path
+) -> None:
+    """End to end: a title packaged by origin.package (origin.synth writes one exactly as an
+    ingest does), announced on the real origin's feed, read into the catalog, played: the
+    per-session playlist has the origin's audio groups, each URI with its own token."""
+    (key,) = synth_catalog(tmp_path / "media", titles=1, renditions=3, duration=8.0, seed=4)
+    manifest = json.loads((tmp_path / "media" / "v" / key / "manifest.json").read_text())
+    assert [a["name"] for a in manifest["audio"]] == ["audio_96k", "audio_128k"]
+    origin.feed.announce(key, manifest)
+    keys_file = tmp_path / "edge.keys"
+    keys_file.write_text(TEST_KEYS)
+    rc: RunningControl = await start_control(
+        catalog_feed=feed_settings(origin.url, credential(tmp_path)),
+        playback={"signing_keys_file": str(keys_file), "fallback_url": "http://edges.test"},
+    )
+    admin = await rc.admin()
+    await sync(rc, admin)
+    title = await admin_title(rc, admin, key)  # the key is already a valid slug
+    assert [(r["name"], r["audio"], r["audio_channels"]) for r in title["renditions"]] == [
+        ("240p", "audio_96k", 2),
+        ("360p", "audio_96k", 2),
+        ("480p", "audio_128k", 2),
+    ]
+    r = await rc.api.put(f"/v1/admin/titles/{key}", json={"maturity": 0}, token=admin.token)
+    assert r.status == 200, r
+    user = await rc.subscriber("basic")
+    r = await rc.api.post(
+        "/v1/playback", json={"profile_id": user.profile_id, "title_id": key}, token=user.token
+    )
+    assert r.status == 201, r
+    p = await rc.api.get(r.body["manifests"]["hls"].removeprefix(rc.url))
+    assert p.status == 200, p
+    lines = p.body.splitlines()
+    media = [
+        parse_attributes(ln.partition(":")[2], Path("m"), n)
+        for n, ln in enumerate(lines, 1)
+        if ln.startswith("#EXT-X-MEDIA:")
+    ]
+    variants = [
+        parse_attributes(ln.partition(":")[2], Path("m"), n)
+        for n, ln in enumerate(lines, 1)
+        if ln.startswith("#EXT-X-STREAM-INF:")
+    ]
+    assert [(m["TYPE"], m["GROUP-ID"], m["CHANNELS"]) for m in media] == [
+        ("AUDIO", '"audio_96k"', '"2"'),
+        ("AUDIO", '"audio_128k"', '"2"'),
+    ]
+    assert [v["AUDIO"] for v in variants] == ['"audio_96k"', '"audio_96k"', '"audio_128k"']
+    # The origin's own master.m3u8 has the same audio lines, but for the URIs.
+    origin_master = (tmp_path / "media" / "v" / key / "master.m3u8").read_text()
+    origin_media = [ln for ln in origin_master.splitlines() if ln.startswith("#EXT-X-MEDIA:")]
+    ours = [ln for ln in lines if ln.startswith("#EXT-X-MEDIA:")]
+    assert [ln.split(",URI=")[0] for ln in ours] == [ln.split(",URI=")[0] for ln in origin_media]
+    keys = load_keys(keys_file)
+    for m in media:
+        uri = m["URI"].strip('"')
+        group = m["GROUP-ID"].strip('"')
+        u = urlsplit(uri)
+        assert f"{u.scheme}://{u.netloc}" == "http://edges.test"
+        token, path = split_token(u.path)
+        assert path == f"/v/{key}/{group}/index.m3u8"
+        verify(keys, token, f"/v/{key}/{group}/seg00001.m4s", rc.clock(), None)
+    assert parse_qs(urlsplit(r.body["manifests"]["hls"]).query)["token"]

@@ -16,9 +16,13 @@ from control.manifest import (
     SteerAnswerError,
     allowed_renditions,
     clean_rendition,
+    covers_ladder,
     fallback_edge,
     hls_multivariant,
     parse_steer_answer,
+    playlist_path,
+    rendition_directories,
+    rendition_prefix,
     steering_url,
     title_prefix,
     url_prefix,
@@ -51,7 +55,9 @@ def _e(edge: Any, url: Any) -> dict[str, Any]:
     return {"edge": edge, "site": "paris", "url": url, "reason": "ring order"}
 
 
-def test_steer_answer_keeps_rank_order() -> None:
+def test_steer_answer_keeps_rank_order_without_steerings_origin() -> None:
+    """Steering ends every answer with the origin as its own last resort; the origin refuses
+    players, so it never becomes an edge a player is given."""
     doc = _answer(
         _e("par2", "http://10.0.0.2:8080"),
         _e("par1", "http://10.0.0.1:8080/"),
@@ -60,8 +66,12 @@ def test_steer_answer_keeps_rank_order() -> None:
     assert parse_steer_answer(doc) == [
         RankedEdge("par2", "http://10.0.0.2:8080"),
         RankedEdge("par1", "http://10.0.0.1:8080"),
-        RankedEdge("origin", "https://origin.example"),
     ]
+
+
+def test_steer_answer_naming_only_the_origin_is_an_error() -> None:
+    with pytest.raises(SteerAnswerError):
+        parse_steer_answer(_answer(_e("origin", "https://origin.example")))
 
 
 @pytest.mark.parametrize(
@@ -100,9 +110,9 @@ def test_steer_answer_without_usable_edges_is_an_error(doc: Any) -> None:
         parse_steer_answer(doc)
 
 
-def test_fallback_edge_is_the_origin() -> None:
-    assert fallback_edge("http://origin.example:8080/") == RankedEdge(
-        "origin", "http://origin.example:8080"
+def test_fallback_edge_is_the_configured_fallback_url() -> None:
+    assert fallback_edge("http://edges.example:8080/") == RankedEdge(
+        "fallback", "http://edges.example:8080"
     )
     with pytest.raises(ValueError):
         fallback_edge("not a url")
@@ -115,6 +125,7 @@ def test_fallback_edge_is_the_origin() -> None:
 def test_url_prefix_carries_a_token_scoped_to_the_title(key: str) -> None:
     token = sign(KEYS, title_prefix(key), 2_000_000_000)
     prefix = url_prefix("http://edge.example:81/", token, key)
+    assert url_prefix("http://edge.example:81", token, key) == prefix
     assert prefix == f"http://edge.example:81/_t/{token}/v/{key}/"
     got, path = split_token(urlsplit(prefix + "720p/index.m3u8").path)
     assert got == token and path == f"/v/{key}/720p/index.m3u8"
@@ -128,6 +139,41 @@ def test_url_prefix_carries_a_token_scoped_to_the_title(key: str) -> None:
 def test_title_prefix_refuses_keys_that_are_not_one_segment(key: str) -> None:
     with pytest.raises(ValueError):
         title_prefix(key)
+    with pytest.raises(ValueError):
+        rendition_prefix(key, "720p")
+
+
+def test_a_rendition_token_reaches_only_its_directory() -> None:
+    token = sign(KEYS, rendition_prefix("title1", "480p"), 2_000_000_000)
+    prefix = url_prefix("http://edge.example:81", token, "title1", "480p")
+    assert prefix == f"http://edge.example:81/_t/{token}/v/title1/480p/"
+    got, path = split_token(urlsplit(prefix + "seg00001.m4s").path)
+    assert got == token and path == "/v/title1/480p/seg00001.m4s"
+    verify(KEYS, got, path, 1_900_000_000, None)
+    verify(KEYS, got, "/v/title1/480p/index.m3u8", 1_900_000_000, None)
+    for other in [
+        "/v/title1/1080p/seg00001.m4s",
+        "/v/title1/480px/seg00001.m4s",
+        "/v/title1/master.m3u8",
+        "/v/title1/manifest.mpd",
+        "/v/title1/480p/../1080p/seg00001.m4s",
+    ]:
+        with pytest.raises(TokenRejected) as exc:
+            verify(KEYS, got, other, 1_900_000_000, None)
+        assert exc.value.reason == "out_of_scope", other
+
+
+@pytest.mark.parametrize("name", ["", "..", "a/b", "a b", 'a"b', "x" * 200])
+def test_rendition_prefix_refuses_names_that_are_not_one_segment(name: str) -> None:
+    with pytest.raises(ValueError):
+        rendition_prefix("title1", name)
+
+
+def test_playlist_path() -> None:
+    assert playlist_path("AbC_-9") == "/v1/playback/AbC_-9/master.m3u8"
+    for bad in ["", "a/b", "a.b", "x" * 65]:
+        with pytest.raises(ValueError):
+            playlist_path(bad)
 
 
 def test_steering_urls() -> None:
@@ -155,6 +201,21 @@ def test_steering_urls() -> None:
 )
 def test_allowed_renditions(max_height: int, names: list[str]) -> None:
     assert [r["name"] for r in allowed_renditions(LADDER, max_height)] == names
+
+
+@pytest.mark.parametrize(
+    ("max_height", "full"), [(2160, True), (1080, True), (1079, False), (480, False), (144, False)]
+)
+def test_covers_ladder(max_height: int, full: bool) -> None:
+    assert covers_ladder(LADDER, allowed_renditions(LADDER, max_height)) is full
+
+
+def test_an_invalid_ladder_entry_counts_as_withheld() -> None:
+    """A rendition the playlist cannot list (here: no codecs) is never allowed, so the plan
+    does not cover the ladder and no title-wide token would reach its directory."""
+    ladder = [*LADDER, {"name": "4320p", "width": 7680, "height": 4320, "bandwidth": 1}]
+    assert not covers_ladder(ladder, allowed_renditions(ladder, 4320))
+    assert not covers_ladder([], [])
 
 
 def test_allowed_renditions_of_nothing_is_nothing() -> None:
@@ -221,30 +282,72 @@ def _parse(text: str) -> tuple[list[str], list[tuple[dict[str, str], str]], list
     return tags, variants, media
 
 
-PREFIX = "http://10.0.0.1:8080/_t/TOKEN/v/title1/"
+EDGE = "http://10.0.0.1:8080"
+
+
+def _tokens(renditions: list[dict[str, Any]]) -> dict[str, str]:
+    return {d: f"T-{d}" for d in rendition_directories(renditions)}
+
+
+def _uri(name: str) -> str:
+    return f"{EDGE}/_t/T-{name}/v/title1/{name}/index.m3u8"
+
+
+def _playlist(renditions: list[dict[str, Any]], **kw: Any) -> str:
+    return hls_multivariant(
+        renditions, edge_url=EDGE + "/", media_key="title1", tokens=_tokens(renditions), **kw
+    )
 
 
 def test_playlist_lists_allowed_renditions_with_absolute_uris_lowest_first() -> None:
-    text = hls_multivariant(allowed_renditions(LADDER, 720), prefix=PREFIX)
+    text = _playlist(allowed_renditions(LADDER, 720))
     tags, variants, media = _parse(text)
     assert tags[:2] == ["EXT-X-VERSION", "EXT-X-INDEPENDENT-SEGMENTS"]
     assert text.startswith("#EXTM3U\n#EXT-X-VERSION:7\n")
     assert "EXT-X-CONTENT-STEERING" not in tags and media == []
-    assert [uri for _, uri in variants] == [
-        PREFIX + "240p/index.m3u8",
-        PREFIX + "480p/index.m3u8",
-        PREFIX + "720p/index.m3u8",
-    ]
+    # Every variant under its own directory, with that directory's own token.
+    assert [uri for _, uri in variants] == [_uri("240p"), _uri("480p"), _uri("720p")]
     first = variants[0][0]
     assert first["BANDWIDTH"] == "400000" and first["RESOLUTION"] == "426x240"
     assert first["CODECS"] == '"avc1.4d4015,mp4a.40.2"' and first["FRAME-RATE"] == "30.000"
     assert variants[2][0]["FRAME-RATE"] == "29.970"
     assert all("PATHWAY-ID" not in attrs for attrs, _ in variants)
+    assert "1080p" not in text
+
+
+def test_playlist_uris_carry_real_tokens_for_their_directory_only() -> None:
+    renditions = allowed_renditions(
+        [{**r, "audio": "audio_128k", "audio_channels": 2} for r in LADDER], 480
+    )
+    tokens = {
+        d: sign(KEYS, rendition_prefix("title1", d), 2_000_000_000)
+        for d in rendition_directories(renditions)
+    }
+    assert set(tokens) == {"240p", "480p", "audio_128k"}
+    text = hls_multivariant(renditions, edge_url=EDGE, media_key="title1", tokens=tokens)
+    _, variants, media = _parse(text)
+    uris = [uri for _, uri in variants] + [m["URI"].strip('"') for m in media]
+    assert len(uris) == 3
+    for uri in uris:
+        token, path = split_token(urlsplit(uri).path)
+        directory = path.removeprefix("/v/title1/").split("/")[0]
+        verify(KEYS, token, f"/v/title1/{directory}/seg00001.m4s", 1_900_000_000, None)
+        for other in ("720p", "1080p"):
+            with pytest.raises(TokenRejected):
+                verify(KEYS, token, f"/v/title1/{other}/seg00001.m4s", 1_900_000_000, None)
+
+
+def test_playlist_refuses_a_missing_token() -> None:
+    renditions = allowed_renditions(LADDER, 720)
+    tokens = _tokens(renditions)
+    del tokens["480p"]
+    with pytest.raises(ValueError):
+        hls_multivariant(renditions, edge_url=EDGE, media_key="title1", tokens=tokens)
 
 
 def test_playlist_with_content_steering() -> None:
     server = "https://steer.example/v1/steering/hls?key=title1&client=10.1.2.3&base=cdn"
-    text = hls_multivariant(allowed_renditions(LADDER, 1080), prefix=PREFIX, steering_uri=server)
+    text = _playlist(allowed_renditions(LADDER, 1080), steering_uri=server)
     tags, variants, media = _parse(text)
     steering = [m for m in media if m["TAG"] == "EXT-X-CONTENT-STEERING"]
     assert steering == [
@@ -261,23 +364,26 @@ def test_playlist_audio_groups_as_the_origin_writes_them() -> None:
         {**LADDER[3], "audio": "audio_128k"},
         {**LADDER[2], "audio": "audio_128k"},
     ]
-    text = hls_multivariant(allowed_renditions(ladder, 720), prefix=PREFIX)
+    text = _playlist(allowed_renditions(ladder, 720))
     _, variants, media = _parse(text)
     assert media == [
         {"TAG": "EXT-X-MEDIA", "TYPE": "AUDIO", "GROUP-ID": '"audio_64k"', "NAME": '"audio"',
          "DEFAULT": "YES", "AUTOSELECT": "YES", "CHANNELS": '"2"',
-         "URI": f'"{PREFIX}audio_64k/index.m3u8"'},
+         "URI": f'"{_uri("audio_64k")}"'},
         {"TAG": "EXT-X-MEDIA", "TYPE": "AUDIO", "GROUP-ID": '"audio_128k"', "NAME": '"audio"',
-         "DEFAULT": "YES", "AUTOSELECT": "YES", "URI": f'"{PREFIX}audio_128k/index.m3u8"'},
+         "DEFAULT": "YES", "AUTOSELECT": "YES", "URI": f'"{_uri("audio_128k")}"'},
     ]  # fmt: skip
     assert [a["AUDIO"] for a, _ in variants] == ['"audio_64k"', '"audio_128k"', '"audio_128k"']
 
 
 def test_playlist_matches_the_origins_master_for_the_same_renditions() -> None:
-    """The origin's own writer and ours agree on every attribute the feed carries."""
+    """The origin's own writer and ours agree on every attribute, fed what the origin's catalog
+    feed carries (origin/catalog.py summary of the manifest.json)."""
+    from datetime import UTC, datetime
     from fractions import Fraction
 
-    from origin.package import Track, master_playlist, rendition_entry
+    from origin.catalog import summary
+    from origin.package import Track, build_manifest, master_playlist
 
     def video(name: str, w: int, h: int, size: int) -> Track:
         return Track(name, "video", "avc1.64001f", 90000, 800, (0, 360000), (360000, 360000),
@@ -287,29 +393,39 @@ def test_playlist_matches_the_origins_master_for_the_same_renditions() -> None:
                   (192000, 192000), (64000, 64000), channels=2, sample_rate=48000)  # fmt: skip
     videos = [video("360p", 640, 360, 400_000), video("720p", 1280, 720, 1_500_000)]
     theirs = master_playlist(videos, [audio])
-    entries = [{**rendition_entry(v, [audio]), "audio_channels": 2} for v in videos]
-    ours = hls_multivariant(allowed_renditions(entries, 1080), prefix=PREFIX)
-    strip = re.compile(r'URI="[^"]*"|^[^#].*$', re.M)
-    assert strip.sub("", ours.replace(PREFIX, "")) == strip.sub("", theirs)
-    assert [ln for ln in ours.splitlines() if ln and not ln.startswith("#")] == [
-        PREFIX + "360p/index.m3u8",
-        PREFIX + "720p/index.m3u8",
+    manifest = build_manifest("title1", 8.0, videos, [audio], [], datetime.now(UTC), 4.0)
+    entries = summary("title1", manifest)["renditions"]
+    assert [(e["audio"], e["audio_channels"]) for e in entries] == [("audio_128k", 2)] * 2
+    # The feed's summary drops avg_bandwidth: add it back to compare the full attribute set.
+    entries = [
+        {**e, "avg_bandwidth": r["avg_bandwidth"]}
+        for e, r in zip(entries, manifest["renditions"], strict=True)
     ]
+    renditions = allowed_renditions(entries, 1080)
+    ours = _playlist(renditions)
+    strip = re.compile(r'URI="[^"]*"|^[^#].*$', re.M)
+    assert strip.sub("", ours) == strip.sub("", theirs)
+    assert [ln for ln in ours.splitlines() if ln and not ln.startswith("#")] == [
+        _uri("360p"),
+        _uri("720p"),
+    ]
+    assert f'URI="{_uri("audio_128k")}"' in ours
 
 
 @pytest.mark.parametrize(
-    "prefix", ["/v/title1/", "http://10.0.0.1/v/title1", 'http://10.0.0.1/"/', "ftp://x/"]
+    "edge", ["/v/title1/", "10.0.0.1", 'http://10.0.0.1/"', "ftp://x", "http://x/?q=1"]
 )
-def test_playlist_refuses_a_bad_prefix(prefix: str) -> None:
+def test_playlist_refuses_a_bad_edge_url(edge: str) -> None:
+    renditions = allowed_renditions(LADDER, 720)
     with pytest.raises(ValueError):
-        hls_multivariant(allowed_renditions(LADDER, 720), prefix=prefix)
+        hls_multivariant(renditions, edge_url=edge, media_key="title1", tokens=_tokens(renditions))
 
 
 def test_playlist_refuses_a_steering_uri_with_a_quote() -> None:
     from steering.manifests import SteeringError
 
     with pytest.raises(SteeringError):
-        hls_multivariant(allowed_renditions(LADDER, 720), prefix=PREFIX, steering_uri='x"y')
+        _playlist(allowed_renditions(LADDER, 720), steering_uri='x"y')
 
 
 def test_a_frame_rate_too_large_for_a_float_is_unknown_not_a_crash() -> None:

@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from edge.tokens import TokenRejected, load_keys, split_token, verify
+from edge.tokens import TokenRejected, load_keys, signed_path, split_token, verify
+from origin.catalog import summary
+from origin.synth import synth_catalog
 from steering.app import create_app as create_steering
 from steering.config import EdgeConfig, SiteConfig, SteeringConfig
 from steering.manifests import parse_hls_steering
-from tests.conftest import TEST_KEYS, blob, edge_config, free_port, put
+from tests.conftest import TEST_KEYS, edge_config, free_port
 from tests.control_support import PASSWORD, FakeClock, RunningControl, User
 from tests.m3u8check import parse_attributes
 
@@ -128,10 +131,12 @@ async def add_title(
     renditions: list[dict[str, Any]] | None = None,
     duration: float = 6000.0,
     kind: str = "movie",
+    media: bool = True,
 ) -> str:
-    """A published title, as the catalog feed would have stored it."""
+    """A published title, as the catalog feed would have stored it (``media=False``: one an
+    administrator made, with no media attached yet)."""
     now = rc.clock()
-    media_key = None if kind == "series" else (key or title_id.replace("-", "_"))
+    media_key = None if kind == "series" or not media else (key or title_id.replace("-", "_"))
     await rc.control.db.execute(
         "INSERT INTO titles (id, kind, name, maturity, duration, media_key, renditions,"
         " published, source, released_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, 'admin', ?, ?)",
@@ -181,28 +186,35 @@ async def play_row(rc: RunningControl, play_id: str) -> dict[str, Any]:
 async def test_start_answers_steerings_ranked_edges_with_signed_prefixes(
     start_control: Any, steering: Any, keys_file: Path, http: aiohttp.ClientSession
 ) -> None:
-    steer_url = await steering(n=3)
+    """A plan allowing the title's whole ladder (premium: 2160p) gets the title-wide token on
+    every edge's prefix and the origin's own manifests through the first edge."""
+    steer_url = await steering(n=3, origin_url="http://origin.test:8081")
     rc = await start_control(playback=playback_config(keys_file, steering_url=steer_url))
     await add_title(rc, key="night_train")
-    user = await rc.subscriber("standard")
+    user = await rc.subscriber("premium")
     r = await start(rc, user, device="living room")
     assert r.status == 201, r
     body = r.body
     now = rc.clock()
 
-    # The ranked edges are steering's, in its order, for this title and this client.
+    # The ranked edges are steering's, in its order, for this title and this client; its last
+    # resort, the origin (which refuses players), is not handed out.
     async with http.get(
         steer_url + "/v1/steer", params={"key": "night_train", "client": "127.0.0.1"}
     ) as s:
         ranked = [e["edge"] for e in (await s.json())["edges"]]
-    assert [e["id"] for e in body["edges"]] == ranked and len(ranked) == 3
+    assert ranked[-1] == "origin" and len(ranked) == 4
+    assert [e["id"] for e in body["edges"]] == ranked[:-1]
+    assert "origin.test" not in json.dumps(body)
 
     # One token for /v/night_train/, expiring token_ttl from now, on every edge's prefix.
     keys = load_keys(keys_file)
     assert body["expires_at"] == int(now + TOKEN_TTL)
+    assert body["capped"] is False
     tokens = set()
     for e in body["edges"]:
         u = urlsplit(e["url_prefix"])
+        assert e["url"] == f"{u.scheme}://{u.netloc}"
         token, path = split_token(u.path)
         assert path == "/v/night_train/" and token is not None
         tokens.add(token)
@@ -220,27 +232,30 @@ async def test_start_answers_steerings_ranked_edges_with_signed_prefixes(
     assert len(tokens) == 1
 
     first = body["edges"][0]["url_prefix"]
-    assert body["manifests"] == {
-        "hls": f"{rc.url}/v1/playback/{body['play_id']}/master.m3u8",
-        "hls_edge": first + "master.m3u8",
-        "dash": first + "manifest.mpd",
-    }
-    assert body["max_height"] == 1080
-    assert [x["name"] for x in body["renditions"]] == ["240p", "480p", "720p"]
+    hls = urlsplit(body["manifests"]["hls"])
+    assert f"{hls.scheme}://{hls.netloc}{hls.path}" == (
+        f"{rc.url}/v1/playback/{body['play_id']}/master.m3u8"
+    )
+    (playlist_token,) = parse_qs(hls.query)["token"]
+    verify(keys, playlist_token, hls.path, now, None)
+    assert body["manifests"]["hls_edge"] == first + "master.m3u8"
+    assert body["manifests"]["dash"] == first + "manifest.mpd"
+    assert body["max_height"] == 2160
+    assert [x["name"] for x in body["renditions"]] == ["240p", "480p", "720p", "2160p"]
     assert body["lease_expires_at"] == now + LEASE and body["heartbeat_interval"] == LEASE / 3
     assert body["resume_position"] == 0 and body["episode_id"] is None
     assert r.headers["Cache-Control"] == "no-store"
 
     # The content steering URL answers a valid HLS steering manifest cloning the playlist's
     # pathway onto every ranked edge, in rank order.
-    hls = body["steering"]["hls"]
-    q = parse_qs(urlsplit(hls).query)
+    hls_steering = body["steering"]["hls"]
+    q = parse_qs(urlsplit(hls_steering).query)
     assert q == {"key": ["night_train"], "client": ["127.0.0.1"], "base": ["cdn"]}
-    async with http.get(hls) as s:
+    async with http.get(hls_steering) as s:
         assert s.status == 200, await s.text()
         m = parse_hls_steering(await s.json())
-    assert list(m.priority) == ranked
-    hosts = {e["id"]: urlsplit(e["url_prefix"]).netloc for e in body["edges"]}
+    assert list(m.priority)[: len(body["edges"])] == [e["id"] for e in body["edges"]]
+    hosts = {e["id"]: urlsplit(e["url"]).netloc for e in body["edges"]}
     assert {c.id: (c.base_id, c.host) for c in m.clones} == {
         i: ("cdn", h) for i, h in hosts.items()
     }
@@ -257,21 +272,41 @@ async def test_start_answers_steerings_ranked_edges_with_signed_prefixes(
 
 
 def _playlist(text: str) -> tuple[dict[str, str], list[tuple[dict[str, str], str]]]:
+    steering, variants, _ = _playlist_media(text)
+    return steering, variants
+
+
+def _playlist_media(
+    text: str,
+) -> tuple[dict[str, str], list[tuple[dict[str, str], str]], list[dict[str, str]]]:
+    """(EXT-X-CONTENT-STEERING attributes, [(STREAM-INF attributes, URI)], [EXT-X-MEDIA])."""
     lines = text.splitlines()
     assert lines[0] == "#EXTM3U"
     steering: dict[str, str] = {}
     variants = []
+    media = []
     pending = None
     for n, ln in enumerate(lines, 1):
         if ln.startswith("#EXT-X-CONTENT-STEERING:"):
             steering = parse_attributes(ln.partition(":")[2], Path("m"), n)
+        elif ln.startswith("#EXT-X-MEDIA:"):
+            media.append(parse_attributes(ln.partition(":")[2], Path("m"), n))
         elif ln.startswith("#EXT-X-STREAM-INF:"):
             pending = parse_attributes(ln.partition(":")[2], Path("m"), n)
         elif ln and not ln.startswith("#"):
             assert pending is not None
             variants.append((pending, ln))
             pending = None
-    return steering, variants
+    return steering, variants, media
+
+
+def _token_dir(uri: str) -> tuple[str, str]:
+    """(token, directory under /v/<key>/) of a playlist URI."""
+    token, path = split_token(urlsplit(uri).path)
+    assert token is not None, uri
+    parts = path.split("/")
+    assert parts[:2] == ["", "v"] and len(parts) == 5, path
+    return token, f"/v/{parts[2]}/{parts[3]}/"
 
 
 async def test_session_playlist_enforces_the_plans_resolution(
@@ -282,14 +317,31 @@ async def test_session_playlist_enforces_the_plans_resolution(
     user = await rc.subscriber("basic")
     r = await start(rc, user)
     assert r.status == 201, r
+    # A capped plan gets no title-wide token at all: bare edge URLs, no whole-ladder manifests.
+    assert r.body["capped"] is True
+    assert all(e["url_prefix"] is None and "/_t/" not in e["url"] for e in r.body["edges"])
+    assert r.body["manifests"]["hls_edge"] is None and r.body["manifests"]["dash"] is None
     path = f"/v1/playback/{r.body['play_id']}/master.m3u8"
     p = await rc.api.get(path, token=user.token)
     assert p.status == 200, p
     assert p.headers["Content-Type"].startswith("application/vnd.apple.mpegurl")
     assert p.headers["Cache-Control"] == "no-store"
     steering_tag, variants = _playlist(p.body)
-    first = r.body["edges"][0]["url_prefix"]
-    assert [uri for _, uri in variants] == [first + "240p/index.m3u8", first + "480p/index.m3u8"]
+    first = r.body["edges"][0]["url"]
+    assert [uri.split("/_t/")[0] for _, uri in variants] == [first, first]
+    # Every variant has its own token, for its own directory only.
+    keys, now = load_keys(keys_file), rc.clock()
+    scopes = []
+    for _, uri in variants:
+        token, directory = _token_dir(uri)
+        assert uri.endswith(directory + "index.m3u8")
+        scopes.append(directory)
+        verify(keys, token, directory + "seg00001.m4s", now, None)
+        for other in ("/v/night_train/720p/seg00001.m4s", "/v/night_train/2160p/index.m3u8",
+                      "/v/night_train/master.m3u8"):  # fmt: skip
+            with pytest.raises(TokenRejected):
+                verify(keys, token, other, now, None)
+    assert scopes == ["/v/night_train/240p/", "/v/night_train/480p/"]
     assert all(a["PATHWAY-ID"] == '"cdn"' for a, _ in variants)
     assert steering_tag == {
         "SERVER-URI": f'"{r.body["steering"]["hls"]}"',
@@ -309,6 +361,26 @@ async def test_session_playlist_enforces_the_plans_resolution(
     assert gone.status == 409 and gone.body["error"]["code"] == "stopped"
 
 
+async def test_a_standard_plan_is_capped_below_a_2160p_ladder(
+    start_control: Any, keys_file: Path
+) -> None:
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
+    await add_title(rc, "uhd", key="uhd")  # 240p..2160p: standard (1080p) is capped
+    await add_title(rc, "hd", key="hd", renditions=LADDER[:3])  # up to 720p: standard is not
+    user = await rc.subscriber("standard")
+    uhd = await start(rc, user, "uhd")
+    assert uhd.status == 201, uhd
+    assert uhd.body["capped"] is True and uhd.body["edges"] == [
+        {"id": "fallback", "url": "http://edges.test", "url_prefix": None}
+    ]
+    await rc.api.delete(f"/v1/playback/{uhd.body['play_id']}", token=user.token)
+    hd = await start(rc, user, "hd")
+    assert hd.status == 201, hd
+    prefix = hd.body["edges"][0]["url_prefix"]
+    assert hd.body["capped"] is False and prefix.startswith("http://edges.test/_t/")
+    assert hd.body["manifests"]["hls_edge"] == prefix + "master.m3u8"
+
+
 async def test_end_to_end_through_a_real_edge(
     start_control: Any,
     steering: Any,
@@ -317,54 +389,174 @@ async def test_end_to_end_through_a_real_edge(
     tmp_path: Path,
     http: aiohttp.ClientSession,
 ) -> None:
+    """The plan's resolution holds at a real edge checking the tokens: a basic-plan player
+    fetches its renditions (and their audio) through the session playlist, and no token it was
+    given opens a 1080p segment; a premium player gets both."""
     upstream = tmp_path / "upstream"
-    segment = blob(4000, seed=9)
-    put(upstream, "/v/night_train/master.m3u8", b"#EXTM3U\n#EXT-X-VERSION:7\n")
-    put(upstream, "/v/night_train/240p/index.m3u8", b"#EXTM3U\n#EXT-X-ENDLIST\n")
-    put(upstream, "/v/night_train/240p/seg00001.m4s", segment)
-    put(upstream, "/v/other/master.m3u8", b"#EXTM3U\n")
+    (key,) = synth_catalog(upstream, titles=1, renditions=5, duration=8.0, seed=9)
+    title_dir = upstream / "v" / key
+    manifest = json.loads((title_dir / "manifest.json").read_text())
+    ladder = summary(key, manifest)["renditions"]  # what the origin's catalog feed carries
+    assert [r["name"] for r in ladder] == ["240p", "360p", "480p", "720p", "1080p"]
     (tmp_path / "edge").mkdir()
     edge = await edges(edge_config(tmp_path / "edge", [f"file://{upstream}"], signed=True))
-    steer_url = await steering({"par1": edge.url})
+    steer_url = await steering({"par1": edge.url}, origin_url="http://127.0.0.1:9")
     # Wall time: the edge checks the token's expiry against its own clock.
     rc = await start_control(
         clock=FakeClock(time.time()),
         playback=playback_config(keys_file, steering_url=steer_url),
     )
-    await add_title(rc, key="night_train")
-    user = await rc.subscriber("basic")
-    r = await start(rc, user)
+    await add_title(rc, key=key, renditions=ladder, duration=8.0)
+    seg1080 = f"/v/{key}/1080p/seg00001.m4s"
+    assert (title_dir / "1080p" / "seg00001.m4s").exists()
+
+    # -- basic (480p): capped
+    basic = await rc.subscriber("basic")
+    r = await start(rc, basic)
+    assert r.status == 201, r
+    assert r.body["capped"] is True and r.body["edges"] == [
+        {"id": "par1", "url": edge.url, "url_prefix": None}
+    ]
+    # The session playlist needs no header (as a native HLS player loads it).
+    async with http.get(r.body["manifests"]["hls"]) as p:
+        assert p.status == 200, await p.text()
+        text = await p.text()
+    _, variants, media = _playlist_media(text)
+    uris = [uri for _, uri in variants] + [m["URI"].strip('"') for m in media]
+    assert [_token_dir(u)[1] for u in uris] == [
+        f"/v/{key}/{d}/" for d in ("240p", "360p", "480p", "audio_96k", "audio_128k")
+    ]
+    assert all(u.startswith(edge.url + "/_t/") for u in uris)
+    # Every listed rendition plays through its URI: media playlist, init and segments.
+    for uri in uris:
+        async with http.get(uri) as v:
+            assert v.status == 200, (uri, await v.text())
+            playlist = await v.text()
+        names = [ln.split('"')[1] for ln in playlist.splitlines() if ln.startswith("#EXT-X-MAP")]
+        names += [ln for ln in playlist.splitlines() if ln and not ln.startswith("#")][:2]
+        directory = _token_dir(uri)[1]
+        for name in names:
+            async with http.get(urljoin(uri, name)) as seg:
+                assert seg.status == 200, (uri, name)
+                assert await seg.read() == (upstream / directory.lstrip("/") / name).read_bytes()
+    # No token it was given opens a 1080p segment (nor the whole-ladder manifests).
+    given = {_token_dir(u)[0] for u in uris}
+    given |= set(parse_qs(urlsplit(r.body["manifests"]["hls"]).query)["token"])
+    assert len(given) == 6
+    for token in given:
+        for path in (seg1080, f"/v/{key}/master.m3u8", f"/v/{key}/manifest.mpd"):
+            async with http.get(edge.url + signed_path(token, path)) as denied:
+                assert denied.status == 403, (token, path)
+    # Nor does a directory token's prefix reach another directory through dot segments.
+    token = _token_dir(uris[0])[0]
+    async with http.get(edge.url + f"/_t/{token}/v/{key}/240p/../1080p/seg00001.m4s") as t:
+        assert t.status in (400, 403, 404), t.status
+    mac = token[-1]
+    tampered = uris[0].replace(token, token[:-1] + ("A" if mac != "A" else "B"))
+    async with http.get(tampered) as t:
+        assert t.status == 403
+
+    # -- premium (2160p): the whole ladder, title-wide token too
+    premium = await rc.subscriber("premium")
+    r = await start(rc, premium)
     assert r.status == 201, r
     prefix = r.body["edges"][0]["url_prefix"]
-    assert prefix.startswith(edge.url + "/_t/")
-
+    assert r.body["capped"] is False and prefix.startswith(edge.url + "/_t/")
+    for path in ("1080p/seg00001.m4s", "480p/seg00001.m4s"):
+        async with http.get(prefix + path) as seg:
+            assert seg.status == 200, path
+            assert await seg.read() == (title_dir / path).read_bytes()
     async with http.get(r.body["manifests"]["hls_edge"]) as m:
         assert m.status == 200 and (await m.read()).startswith(b"#EXTM3U")
-    async with http.get(prefix + "240p/seg00001.m4s") as s:
-        assert s.status == 200 and await s.read() == segment
-    # The session playlist's variant URI is fetchable as is.
-    p = await rc.api.get(f"/v1/playback/{r.body['play_id']}/master.m3u8", token=user.token)
-    _, variants = _playlist(p.body)
-    async with http.get(variants[0][1]) as v:
-        assert v.status == 200
-    # Another title under the same token, and a tampered token: refused by the edge.
-    other = prefix.replace("/v/night_train/", "/v/other/") + "master.m3u8"
-    async with http.get(other) as o:
+    async with http.get(r.body["manifests"]["hls"]) as p:
+        _, variants = _playlist(await p.text())
+    top = variants[-1][1]
+    assert _token_dir(top)[1] == f"/v/{key}/1080p/"
+    async with http.get(urljoin(top, "seg00001.m4s")) as seg:
+        assert seg.status == 200
+    # Another title under the title-wide token: refused by the edge.
+    async with http.get(prefix.replace(f"/v/{key}/", "/v/other/") + "master.m3u8") as o:
         assert o.status == 403
-    token, _ = split_token(urlsplit(prefix).path)
-    assert token is not None
-    mac = token[-1]
-    tampered = prefix.replace(token, token[:-1] + ("A" if mac != "A" else "B"))
-    async with http.get(tampered + "master.m3u8") as t:
-        assert t.status == 403
+
+
+@pytest.fixture(scope="module")
+def real_title(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(upstream root, key): a short clip ingested for real (origin.ingest, so ffmpeg can
+    decode it), 240p and 720p, under ``<root>/v/<key>/``."""
+    import concurrent.futures
+    import subprocess
+
+    from origin.ffmpeg import ffmpeg_exe
+    from origin.ingest import ingest_title
+    from origin.ladder import Rung
+
+    work = tmp_path_factory.mktemp("real")
+    clip = work / "clip.mp4"
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=25",
+         "-f", "lavfi", "-i", "sine=frequency=440",
+         "-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(clip)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    (work / "v").mkdir()
+    ladder = (Rung("240p", 240, 300, 64), Rung("720p", 720, 1200, 96))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # away from pytest-asyncio's loop
+        pool.submit(
+            asyncio.run,
+            ingest_title(
+                clip, "real_clip", work / "v", ladder=ladder, preset="ultrafast", segment_seconds=2
+            ),
+        ).result()
+    return work, "real_clip"
+
+
+@pytest.mark.slow
+async def test_ffmpeg_plays_the_session_playlist_url_through_a_real_edge(
+    start_control: Any,
+    steering: Any,
+    edges: Any,
+    keys_file: Path,
+    tmp_path: Path,
+    real_title: tuple[Path, str],
+) -> None:
+    """A player that cannot send headers (plain ffmpeg) plays manifests.hls as given: the
+    playlist token, then the per-rendition edge tokens, through a real edge; it never reaches
+    the rendition the plan withholds."""
+    from origin.ffmpeg import ffmpeg_exe
+
+    upstream, key = real_title
+    manifest = json.loads((upstream / "v" / key / "manifest.json").read_text())
+    (tmp_path / "edge").mkdir()
+    edge = await edges(edge_config(tmp_path / "edge", [f"file://{upstream}"], signed=True))
+    rc = await start_control(
+        clock=FakeClock(time.time()),
+        playback=playback_config(keys_file, steering_url=await steering({"par1": edge.url})),
+    )
+    await add_title(rc, key=key, renditions=summary(key, manifest)["renditions"], duration=4.0)
+    user = await rc.subscriber("basic")
+    r = await start(rc, user)
+    assert r.status == 201 and r.body["capped"] is True, r
+    # Run as a child process: the control plane and the edge serve it from this event loop.
+    proc = await asyncio.create_subprocess_exec(
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "info",
+        "-i", r.body["manifests"]["hls"], "-map", "0", "-f", "null", "-",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    log = err.decode(errors="replace")
+    assert proc.returncode == 0, log[-3000:]
+    # It found the allowed variant and its audio, decoded them, and saw no 720p variant.
+    assert re.search(r"Video: h264.*x240", log) and "Audio: aac" in log, log[-3000:]
+    assert "x720" not in log
 
 
 async def test_tokens_bound_to_the_client_address(start_control: Any, keys_file: Path) -> None:
     rc = await start_control(
-        playback=playback_config(keys_file, origin_url="http://origin.test", bind_client_ip=True)
+        playback=playback_config(keys_file, fallback_url="http://edges.test", bind_client_ip=True)
     )
     await add_title(rc, key="night_train")
-    user = await rc.subscriber("basic")
+    user = await rc.subscriber("premium")
     r = await start(rc, user)
     assert r.status == 201, r
     token, _ = split_token(urlsplit(r.body["edges"][0]["url_prefix"]).path)
@@ -375,9 +567,84 @@ async def test_tokens_bound_to_the_client_address(start_control: Any, keys_file:
         verify(keys, token, "/v/night_train/master.m3u8", now, "198.51.100.7")
     assert exc.value.reason == "wrong_client"
     assert r.body["steering"] is None  # no steering configured: no content steering either
-    p = await rc.api.get(r.body["manifests"]["hls"].removeprefix(rc.url), token=user.token)
+    p = await rc.api.get(r.body["manifests"]["hls"].removeprefix(rc.url))
     assert p.status == 200 and "EXT-X-CONTENT-STEERING" not in p.body
-    assert r.body["edges"][0]["url_prefix"] + "240p/index.m3u8" in p.body
+    # The playlist's own tokens, and the playlist token, are bound the same way.
+    _, variants = _playlist(p.body)
+    for _, uri in variants:
+        token, directory = _token_dir(uri)
+        verify(keys, token, directory + "index.m3u8", now, "127.0.0.1")
+        with pytest.raises(TokenRejected) as exc:
+            verify(keys, token, directory + "index.m3u8", now, "198.51.100.7")
+        assert exc.value.reason == "wrong_client"
+    hls = urlsplit(r.body["manifests"]["hls"])
+    (playlist_token,) = parse_qs(hls.query)["token"]
+    with pytest.raises(TokenRejected) as exc:
+        verify(keys, playlist_token, hls.path, now, "198.51.100.7")
+    assert exc.value.reason == "wrong_client"
+    # Fetched from another address (127.0.0.2 is loopback too): 404, as a bad token.
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as elsewhere,
+        elsewhere.get(r.body["manifests"]["hls"]) as moved,
+    ):
+        assert moved.status == 404
+
+
+async def test_the_playlist_url_works_without_headers(start_control: Any, keys_file: Path) -> None:
+    """manifests.hls carries its own token (for native HLS players, which cannot send an
+    Authorization header); a token that does not verify is 404, never a hint."""
+    clock = FakeClock()
+    rc = await start_control(
+        clock=clock,
+        playback=playback_config(keys_file, fallback_url="http://edges.test", token_ttl=60),
+    )
+    await add_title(rc)
+    user = await rc.subscriber("standard")
+    mine = await start(rc, user)
+    theirs = await start(rc, await rc.subscriber("standard"))
+    assert mine.status == theirs.status == 201
+    url = mine.body["manifests"]["hls"].removeprefix(rc.url)
+    path, _, query = url.partition("?")
+    token = parse_qs(query)["token"][0]
+    other_url = theirs.body["manifests"]["hls"].removeprefix(rc.url)
+    other_path, _, other_query = other_url.partition("?")
+    other_token = parse_qs(other_query)["token"][0]
+
+    plain = await rc.api.get(url)  # no Authorization header
+    assert plain.status == 200 and plain.body.startswith("#EXTM3U"), plain
+    assert plain.headers["Content-Type"].startswith("application/vnd.apple.mpegurl")
+    bearer = await rc.api.get(path, token=user.token)
+    assert bearer.status == 200 and bearer.body == plain.body
+
+    mac = token[-1]
+    tampered = token[:-1] + ("A" if mac != "A" else "B")
+    for p, params in [
+        (path, {"token": tampered}),
+        (path, {"token": other_token}),  # another play's token on this play
+        (other_path, {"token": token}),  # this play's token on another play
+        (path, {"token": ""}),
+        (path, {"token": "x" * 5000}),
+        ("/v1/playback/unknown-play/master.m3u8", {"token": token}),
+    ]:
+        r = await rc.api.get(p, params=params)
+        assert r.status == 404 and r.body["error"]["code"] == "not_found", (p, params, r)
+    assert (await rc.api.get(path)).status == 401  # neither token nor session
+    # A bad token next to a session: the session decides, as on every route.
+    assert (await rc.api.get(path, params={"token": tampered}, token=user.token)).status == 200
+    other = await rc.subscriber("basic")
+    assert (await rc.api.get(path, params={"token": tampered}, token=other.token)).status == 404
+
+    # Valid until the edge tokens' expiry (the lease kept alive by heartbeats), not after.
+    for step in (25, 25, 9):
+        clock.advance(step)
+        assert (
+            await event(rc, user, mine.body["play_id"], kind="progress", position=1)
+        ).status == 200
+    assert (await rc.api.get(url)).status == 200  # 59 s
+    clock.advance(1)
+    expired = await rc.api.get(url)
+    assert expired.status == 404 and expired.body["error"]["code"] == "not_found", expired
 
 
 # -- entitlement and maturity ------------------------------------------------------------
@@ -387,7 +654,7 @@ async def test_no_subscription_is_402_and_a_canceled_one_plays_until_period_end(
     start_control: Any, keys_file: Path
 ) -> None:
     rc = await start_control(
-        playback=playback_config(keys_file, origin_url="http://origin.test"),
+        playback=playback_config(keys_file, fallback_url="http://edges.test"),
         sessions={"ttl": "90d"},
     )
     await add_title(rc)
@@ -400,9 +667,7 @@ async def test_no_subscription_is_402_and_a_canceled_one_plays_until_period_end(
     assert (await rc.api.delete("/v1/subscription", token=user.token)).status == 204
     r = await start(rc, user)
     assert r.status == 201, r
-    assert r.body["edges"] == [
-        {"id": "origin", "url_prefix": r.body["edges"][0]["url_prefix"]}
-    ] and r.body["edges"][0]["url_prefix"].startswith("http://origin.test/_t/")
+    assert r.body["edges"] == [{"id": "fallback", "url": "http://edges.test", "url_prefix": None}]
     await rc.api.delete(f"/v1/playback/{r.body['play_id']}", token=user.token)
     rc.clock.advance(29 * 86400)
     assert (await start(rc, user)).status == 201
@@ -415,7 +680,7 @@ async def test_no_subscription_is_402_and_a_canceled_one_plays_until_period_end(
 async def test_kids_profile_does_not_find_a_16_plus_title(
     start_control: Any, keys_file: Path
 ) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc, "grown-ups", maturity=16)
     await add_title(rc, "cartoons", maturity=0)
     user = await rc.subscriber("premium")
@@ -434,8 +699,52 @@ async def test_kids_profile_does_not_find_a_16_plus_title(
     assert (await start(rc, stranger, "cartoons")).status == 404
 
 
+async def test_a_hidden_title_is_404_whatever_else_is_wrong_with_it(
+    start_control: Any, keys_file: Path
+) -> None:
+    """Maturity (and publication) are checked before playability: a kids profile learns
+    nothing from a 16+ title without media, or a 16+ series asked without an episode."""
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
+    await add_title(rc, "unreleased", maturity=16, media=False)
+    await add_title(rc, "late-show", maturity=16, kind="series")
+    await add_title(rc, "empty", maturity=16, renditions=[])
+    user = await rc.subscriber("premium")
+    p = await rc.api.post("/v1/profiles", json={"name": "Kid", "kids": True}, token=user.token)
+    kid = User(user.email, user.password, user.token, user.account_id, p.body["id"])
+    for title, extra in [
+        ("unreleased", {}),
+        ("late-show", {}),
+        ("late-show", {"episode_id": "no-such-episode"}),
+        ("empty", {}),
+        ("no-such-title", {}),
+    ]:
+        r = await start(rc, kid, title, **extra)
+        assert r.status == 404 and r.body["error"]["code"] == "not_found", (title, extra, r)
+        assert r.body["error"]["message"] == "no such title", (title, extra, r)
+    assert rc.counter("control_playback_starts", "maturity") == 4
+    assert rc.counter("control_playback_starts", "not_found") == 1
+    # The adult profile sees them, and each for what it is, counted by its outcome.
+    for title, extra, status, outcome in [
+        ("unreleased", {}, 409, "not_playable"),
+        ("empty", {}, 409, "not_playable"),
+        ("late-show", {}, 400, "bad_request"),
+        ("late-show", {"episode_id": "no-such-episode"}, 404, "not_found"),
+        ("no-such-title", {}, 404, "not_found"),
+    ]:
+        before = rc.counter("control_playback_starts", outcome)
+        r = await start(rc, user, title, **extra)
+        assert r.status == status, (title, extra, r)
+        assert rc.counter("control_playback_starts", outcome) == before + 1, (title, outcome)
+    assert rc.counter("control_playback_starts", "maturity") == 4
+    # An unpublished title is 404 to everyone.
+    await rc.control.db.execute("UPDATE titles SET published = 0 WHERE id = 'unreleased'")
+    await rc.control.catalog.load()
+    r = await start(rc, user, "unreleased")
+    assert r.status == 404 and rc.counter("control_playback_starts", "not_found") == 4
+
+
 async def test_series_needs_an_episode(start_control: Any, keys_file: Path) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc, "the-show", kind="series")
     now = rc.clock()
     await rc.control.db.execute(
@@ -447,10 +756,13 @@ async def test_series_needs_an_episode(start_control: Any, keys_file: Path) -> N
     user = await rc.subscriber("standard")
     r = await start(rc, user, "the-show")
     assert r.status == 400 and "episode_id" in r.body["error"]["details"]["fields"], r
+    assert rc.counter("control_playback_starts", "bad_request") == 1
+    assert rc.counter("control_playback_starts", "not_playable") == 0
     r = await start(rc, user, "the-show", episode_id="the-show-s1e1")
     assert r.status == 201, r
     assert r.body["episode_id"] == "the-show-s1e1"
-    assert "/v/the_show_s1e1/" in r.body["edges"][0]["url_prefix"]
+    p = await rc.api.get(r.body["manifests"]["hls"].removeprefix(rc.url))
+    assert p.status == 200 and "/v/the_show_s1e1/240p/index.m3u8" in p.body, p
     e = await event(rc, user, r.body["play_id"], kind="stop", position=700.0)
     assert e.status == 200, e
     again = await start(rc, user, "the-show", episode_id="the-show-s1e1")
@@ -461,7 +773,7 @@ async def test_series_needs_an_episode(start_control: Any, keys_file: Path) -> N
 
 
 async def test_stream_limit_stop_and_vanished_players(start_control: Any, keys_file: Path) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc)
     user = await rc.subscriber("basic")  # 1 stream
     tv = await another_session(rc, user, "tv")
@@ -477,8 +789,9 @@ async def test_stream_limit_stop_and_vanished_players(start_control: Any, keys_f
     assert (
         await rc.api.delete(f"/v1/playback/{first.body['play_id']}", token=user.token)
     ).status == 204
+    # Idempotent: stopping a stopped session again is the same answer.
     again = await rc.api.delete(f"/v1/playback/{first.body['play_id']}", token=user.token)
-    assert again.status == 409 and again.body["error"]["code"] == "stopped"
+    assert again.status == 204, again
     second = await start(rc, tv, device="tv")
     assert second.status == 201, second
 
@@ -500,7 +813,7 @@ async def test_stream_limit_stop_and_vanished_players(start_control: Any, keys_f
 
 
 async def test_progress_renews_the_lease(start_control: Any, keys_file: Path) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc)
     user = await rc.subscriber("basic")
     tv = await another_session(rc, user, "tv")
@@ -523,7 +836,7 @@ async def test_progress_renews_the_lease(start_control: Any, keys_file: Path) ->
 
 
 async def test_concurrent_starts_never_exceed_the_plan(start_control: Any, keys_file: Path) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc)
     user = await rc.subscriber("standard")  # 2 streams
     results = await asyncio.gather(*(start(rc, user, device=f"d{i}") for i in range(5)))
@@ -552,28 +865,61 @@ async def silent_server() -> AsyncIterator[str]:
 
 
 @pytest.mark.parametrize("failure", ["error", "timeout"])
-async def test_steering_down_falls_back_to_the_origin(
+async def test_steering_down_falls_back_to_the_fallback_url(
     start_control: Any, keys_file: Path, silent_server: str, failure: str
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}" if failure == "error" else silent_server
     rc = await start_control(
         playback=playback_config(
-            keys_file, steering_url=down, origin_url="http://origin.test:8080", steering_timeout=0.2
+            keys_file,
+            steering_url=down,
+            fallback_url="http://edges.test:8080",
+            steering_timeout=0.2,
         )
     )
     await add_title(rc)
     user = await rc.subscriber("standard")
     r = await start(rc, user)
     assert r.status == 201, r
-    assert [e["id"] for e in r.body["edges"]] == ["origin"]
-    assert r.body["edges"][0]["url_prefix"].startswith("http://origin.test:8080/_t/")
-    assert r.body["manifests"]["hls_edge"].startswith("http://origin.test:8080/_t/")
+    assert r.body["edges"] == [
+        {"id": "fallback", "url": "http://edges.test:8080", "url_prefix": None}
+    ]
+    p = await rc.api.get(r.body["manifests"]["hls"].removeprefix(rc.url))
+    _, variants = _playlist(p.body)
+    assert variants and all(u.startswith("http://edges.test:8080/_t/") for _, u in variants)
     assert rc.counter("control_steering_requests", failure) == 1
     assert rc.counter("control_playback_starts", "steering_fallback") == 1
     assert rc.counter("control_playback_starts", "ok") == 0
 
 
-async def test_steering_down_without_an_origin_is_503_and_frees_the_slot(
+async def test_steering_naming_only_its_origin_falls_back_to_the_fallback_url(
+    start_control: Any, steering: Any, keys_file: Path, http: aiohttp.ClientSession
+) -> None:
+    """With no edge left, steering answers its origin alone: players must not get it (the
+    origin refuses them), so the fallback URL stands in."""
+    steer_url = await steering({}, origin_url="http://origin.test:8081")
+    async with http.get(steer_url + "/v1/steer", params={"key": "night_train"}) as s:
+        assert [e["edge"] for e in (await s.json())["edges"]] == ["origin"]
+    rc = await start_control(
+        playback=playback_config(
+            keys_file, steering_url=steer_url, fallback_url="http://edges.test:8080"
+        )
+    )
+    await add_title(rc)
+    user = await rc.subscriber("premium")
+    r = await start(rc, user)
+    assert r.status == 201, r
+    assert [(e["id"], e["url"]) for e in r.body["edges"]] == [
+        ("fallback", "http://edges.test:8080")
+    ]
+    assert "origin.test" not in json.dumps(r.body)
+    p = await rc.api.get(r.body["manifests"]["hls"].removeprefix(rc.url))
+    assert p.status == 200 and "origin.test" not in p.body
+    assert rc.counter("control_steering_requests", "error") == 1
+    assert rc.counter("control_playback_starts", "steering_fallback") == 1
+
+
+async def test_steering_down_without_a_fallback_url_is_503_and_frees_the_slot(
     start_control: Any, keys_file: Path
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}"
@@ -587,7 +933,7 @@ async def test_steering_down_without_an_origin_is_503_and_frees_the_slot(
 
 @pytest.mark.parametrize(
     "playback",
-    [None, {"origin_url": "http://origin.test"}, "keys-only"],
+    [None, {"fallback_url": "http://edges.test"}, "keys-only"],
     ids=["none", "no-keys", "no-edges"],
 )
 async def test_playback_not_configured_is_503(
@@ -608,7 +954,7 @@ async def test_playback_not_configured_is_503(
 async def test_events_update_the_play_resume_and_history(
     start_control: Any, keys_file: Path
 ) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc, duration=6000.0)
     user = await rc.subscriber("standard")
     r = await start(rc, user)
@@ -653,8 +999,94 @@ async def test_events_update_the_play_resume_and_history(
     assert again.body["resume_position"] == 3020.0
 
 
+async def test_stopping_is_idempotent(start_control: Any, keys_file: Path) -> None:
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
+    await add_title(rc)
+    user = await rc.subscriber("standard")
+    play = (await start(rc, user)).body["play_id"]
+    s = await event(rc, user, play, kind="stop", position=10.0)
+    assert s.status == 200 and s.body["stopped"], s
+    for _ in range(2):
+        d = await rc.api.delete(f"/v1/playback/{play}", token=user.token)
+        assert d.status == 204, d
+    row = await play_row(rc, play)
+    assert row["position"] == 10.0 and row["stopped_at"] == rc.clock()
+    assert rc.counter("control_playback_events", "stop") == 1
+    # A lease that ran out: DELETE is 204 too, and the lease counts as expired (once).
+    vanished = (await start(rc, user)).body["play_id"]
+    rc.clock.advance(LEASE + 1)
+    for _ in range(2):
+        assert (await rc.api.delete(f"/v1/playback/{vanished}", token=user.token)).status == 204
+    row = await play_row(rc, vanished)
+    assert row["stopped_at"] == row["lease_expires_at"]
+    assert rc.counter("control_leases_expired") == 1
+    assert rc.counter("control_playback_events", "stop") == 1
+    # Events after it still say what happened.
+    late = await event(rc, user, vanished, kind="progress", position=1.0)
+    assert late.status == 409 and late.body["error"]["code"] == "lease_expired"
+    again = await event(rc, user, play, kind="progress", position=1.0)
+    assert again.status == 409 and again.body["error"]["code"] == "stopped"
+
+
+async def test_a_position_past_the_duration_is_clamped(start_control: Any, keys_file: Path) -> None:
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
+    await add_title(rc, duration=600.0)
+    user = await rc.subscriber("standard")
+    play = (await start(rc, user)).body["play_id"]
+    rc.clock.advance(10)
+    e = await event(rc, user, play, kind="progress", position=9000.0)
+    assert e.status == 200 and e.body["position"] == 600.0, e
+    row = await play_row(rc, play)
+    assert row["position"] == 600.0 and row["seconds_watched"] == pytest.approx(10)
+    ok = await event(rc, user, play, kind="progress", position=300.0)
+    assert ok.status == 200 and ok.body["position"] == 300.0
+    rc.clock.advance(10)
+    s = await event(rc, user, play, kind="stop", position=601.0)
+    assert s.status == 200 and s.body["position"] == 600.0 and s.body["stopped"], s
+    assert (await play_row(rc, play))["position"] == 600.0
+    state = await rc.control.db.fetchone(
+        "SELECT position FROM watch_state WHERE profile_id = ?", (user.profile_id,)
+    )
+    assert state is not None and state["position"] == 600.0
+
+
+async def test_a_heartbeat_after_the_subscription_ended_ends_the_stream(
+    start_control: Any, keys_file: Path
+) -> None:
+    rc = await start_control(
+        playback=playback_config(keys_file, fallback_url="http://edges.test"),
+        sessions={"ttl": "90d"},
+    )
+    await add_title(rc)
+    user = await rc.subscriber("basic")
+    assert (await rc.api.delete("/v1/subscription", token=user.token)).status == 204
+    rc.clock.advance(30 * 86400 - 10)  # ten seconds before the paid period ends
+    r = await start(rc, user)
+    assert r.status == 201, r
+    play = r.body["play_id"]
+    rc.clock.advance(5)
+    assert (await event(rc, user, play, kind="progress", position=5.0)).status == 200
+    rc.clock.advance(10)  # the period is over; the lease is not
+    e = await event(rc, user, play, kind="progress", position=15.0)
+    assert e.status == 402 and e.body["error"]["code"] == "subscription_required", e
+    assert e.body["error"]["details"] == {"play_id": play, "stopped": True}
+    row = await play_row(rc, play)
+    assert row["stopped_at"] == rc.clock() and row["position"] == 15.0
+    assert (await rc.api.get("/v1/playback", token=user.token)).body["total"] == 0
+    assert rc.counter("control_playback_events", "subscription_ended") == 1
+    resume = await rc.api.get(
+        f"/v1/profiles/{user.profile_id}/resume/night-train", token=user.token
+    )
+    assert resume.status == 200 and resume.body["next"]["position"] == 15.0, resume
+    again = await event(rc, user, play, kind="progress", position=16.0)
+    assert again.status == 409 and again.body["error"]["code"] == "stopped"
+    url = r.body["manifests"]["hls"].removeprefix(rc.url)
+    assert (await rc.api.get(url)).status == 409
+    assert (await rc.api.delete(f"/v1/playback/{play}", token=user.token)).status == 204
+
+
 async def test_an_older_client_position_does_not_win(start_control: Any, keys_file: Path) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc)
     user = await rc.subscriber("standard")
     play = (await start(rc, user)).body["play_id"]
@@ -670,7 +1102,7 @@ async def test_an_older_client_position_does_not_win(start_control: Any, keys_fi
 
 
 async def test_another_accounts_play_is_404(start_control: Any, keys_file: Path) -> None:
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc)
     owner = await rc.subscriber("standard")
     other = await rc.subscriber("standard")
@@ -734,7 +1166,7 @@ EVENT_CASES = [
 async def test_bad_input_is_400(start_control: Any, keys_file: Path) -> None:
     """One control plane for the whole tables (a control plane per case on both backends
     would be slow); every case names the field."""
-    rc = await start_control(playback=playback_config(keys_file, origin_url="http://origin.test"))
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc)
     user = await rc.subscriber("standard")
     for body, field in START_CASES:
@@ -772,7 +1204,7 @@ async def test_a_steering_answer_arriving_in_several_chunks_is_read_whole(
     start_control: Any, keys_file: Path
 ) -> None:
     """The answer is read to its end, not just its first chunk (which would fail to parse and
-    fall back to the origin although steering answered)."""
+    fall back to the fallback URL although steering answered)."""
 
     async def steer(request: web.Request) -> web.StreamResponse:
         body = json.dumps(
@@ -795,7 +1227,7 @@ async def test_a_steering_answer_arriving_in_several_chunks_is_read_whole(
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         rc = await start_control(
             playback=playback_config(
-                keys_file, steering_url=url, origin_url="http://origin.test:8080"
+                keys_file, steering_url=url, fallback_url="http://edges.test:8080"
             )
         )
         await add_title(rc)
@@ -806,3 +1238,28 @@ async def test_a_steering_answer_arriving_in_several_chunks_is_read_whole(
         assert rc.counter("control_playback_starts", "steering_fallback") == 0
     finally:
         await runner.cleanup()
+
+
+async def test_behind_a_trusted_proxy_tokens_bind_the_forwarded_client(
+    start_control: Any, keys_file: Path
+) -> None:
+    rc = await start_control(
+        trusted_proxies=["127.0.0.0/8"],
+        playback=playback_config(keys_file, fallback_url="http://edges.test", bind_client_ip=True),
+    )
+    await add_title(rc, key="night_train")
+    user = await rc.subscriber("premium")
+    body = {"profile_id": user.profile_id, "title_id": "night-train"}
+    r = await rc.api.post(
+        "/v1/playback",
+        json=body,
+        token=user.token,
+        headers={"X-Forwarded-For": "203.0.113.9"},
+    )
+    assert r.status == 201, r
+    token, _ = split_token(urlsplit(r.body["edges"][0]["url_prefix"]).path)
+    keys, now = load_keys(keys_file), rc.clock()
+    verify(keys, token, "/v/night_train/master.m3u8", now, "203.0.113.9")
+    with pytest.raises(TokenRejected) as exc:
+        verify(keys, token, "/v/night_train/master.m3u8", now, "127.0.0.1")  # the proxy
+    assert exc.value.reason == "wrong_client"

@@ -293,3 +293,26 @@ async def test_reload_uri_is_relative_and_keeps_base(fleet, client):
         doc = await r.json()
     assert doc["RELOAD-URI"].startswith("/v1/steering/hls?") and "base=cdn-a" in doc["RELOAD-URI"]
     assert all(c["BASE-ID"] == "cdn-a" for c in doc["PATHWAY-CLONES"])
+
+
+async def test_every_forwarded_for_line_counts_behind_a_trusted_proxy(tmp_path, client) -> None:
+    """Proxies may append X-Forwarded-For as separate header lines; together they are one
+    list (RFC 9110 section 5.3), walked from the right past trusted proxies."""
+    (tmp_path / "s.yaml").write_text(
+        "listen: 127.0.0.1:0\n"
+        "sites: [{name: paris, latitude: 48.85, longitude: 2.35}]\n"
+        "origin_url: 'http://127.0.0.1:9'\n"
+        "trusted_proxies: ['127.0.0.0/8']\n"
+    )
+    runner = web.AppRunner(create_app(load_config(tmp_path / "s.yaml")), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/steer?key=/v/t/"
+        headers = [("X-Forwarded-For", "198.51.100.1"), ("X-Forwarded-For", "203.0.113.9")]
+        async with client.get(url, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["client"] == "203.0.113.9"
+    finally:
+        await runner.cleanup()

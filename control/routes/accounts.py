@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..accounts import MAX_DEVICE, MAX_PROFILE_NAME, ROLES, AccountStore, SignedIn, valid_id
 from ..app import admin_of, control_of, read_body, session_of
+from ..clients import client_address
 from ..errors import NotFound
 from ..fields import Fields, page, page_params
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
@@ -27,7 +28,8 @@ def _store(request: web.Request) -> AccountStore:
 
 
 def _remote(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's address keying the per-address limits (trusted proxies applied)."""
+    return client_address(request)
 
 
 def path_id(request: web.Request, name: str, what: str) -> str:
@@ -205,7 +207,9 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Create an account, its first profile and a session",
                 "description": (
                     "The e-mail is normalised (trimmed, lower-cased). An address that already "
-                    "has an account answers 409 conflict. Rate-limited per client address."
+                    "has an account answers 409 conflict. Rate-limited per client address "
+                    "(behind a trusted proxy, the X-Forwarded-For client) and per e-mail "
+                    "address."
                 ),
                 "tags": ["accounts"],
                 "requestBody": json_body("#/components/schemas/SignUp"),
@@ -224,7 +228,8 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Sign in: a bearer session token",
                 "description": (
                     "An unknown e-mail and a wrong password answer the same 401. Rate-limited "
-                    "per client address and per e-mail address."
+                    "per client address (behind a trusted proxy, the X-Forwarded-For client) "
+                    "and per e-mail address."
                 ),
                 "tags": ["accounts"],
                 "requestBody": json_body("#/components/schemas/SignIn"),

@@ -10,7 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from ..app import admin_of, control_of, read_body, session_of
-from ..billing import INVOICE_STATUSES, SUBSCRIPTION_STATUSES, BillingStore, plan_json
+from ..billing import (
+    INVOICE_KINDS,
+    INVOICE_STATUSES,
+    SUBSCRIPTION_STATUSES,
+    BillingStore,
+    plan_json,
+)
 from ..fields import Fields, page, page_params
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
 from .accounts import path_id
@@ -170,12 +176,28 @@ OPENAPI: dict[str, Any] = {
             },
             "put": {
                 "operationId": "changePlan",
-                "summary": "Change the plan: an upgrade now, a downgrade from the next period",
+                "summary": (
+                    "Change the plan: an upgrade once its prorated invoice is paid, a "
+                    "downgrade from the next period"
+                ),
                 "description": (
-                    "An upgrade (a higher price) applies at once with no prorated charge; the "
-                    "next renewal is at the new price. A downgrade is kept in next_plan_id. "
-                    "It also resumes a subscription canceled at period end. 404 when there is "
-                    "no pending or paid-up subscription."
+                    "On a paid-up subscription, an upgrade (a higher price, same currency) "
+                    "answers an open invoice of kind upgrade for the prorated difference: "
+                    "(new price - current price) x (period_end - now) / (period_end - "
+                    "period_start), rounded half up to a whole cent, at least 1 cent. The "
+                    "plan, the entitlement and the next renewal stay on the current plan until "
+                    "that invoice is paid; then the new plan applies for the rest of the paid "
+                    "period (which is not extended) and renewals are at its price. Voided, or "
+                    "not paid before period_end, it changes nothing. A downgrade (same or "
+                    "lower price, or another currency) is kept in next_plan_id and applies "
+                    "from the next period. Choosing the current plan keeps it. Each change "
+                    "replaces the previous pending one: an upgrade drops a scheduled "
+                    "downgrade, a second upgrade or a downgrade voids an unpaid upgrade's "
+                    "invoice. Any change (the current plan included) of a subscription "
+                    "canceled at period end resumes it: it renews again at period end (for "
+                    "an upgrade, from the request, whether or not the upgrade is paid). On a "
+                    "pending subscription the open first invoice is replaced by one for the "
+                    "new plan. 404 when there is no pending or paid-up subscription."
                 ),
                 "tags": ["billing"],
                 "security": _SESSION,
@@ -237,8 +259,14 @@ OPENAPI: dict[str, Any] = {
             "parameters": [_INVOICE_ID],
             "post": {
                 "operationId": "adminMarkInvoicePaid",
-                "summary": "Record an open invoice as paid; activates or extends the subscription",
-                "description": "409 when the invoice is not open (already paid, or void).",
+                "summary": (
+                    "Record an open invoice as paid; activates or extends the subscription, or "
+                    "applies an upgrade"
+                ),
+                "description": (
+                    "409 when the invoice is not open (already paid, or void), or is an "
+                    "upgrade whose period is over."
+                ),
                 "tags": ["admin"],
                 "security": _SESSION,
                 "requestBody": json_body("#/components/schemas/Payment", required=False),
@@ -253,6 +281,11 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "operationId": "adminVoidInvoice",
                 "summary": "Void an open invoice; a subscription waiting on it ends",
+                "description": (
+                    "Voiding a first or renewal invoice (kind period) ends the pending or "
+                    "lapsed subscription waiting on it; voiding an upgrade invoice leaves the "
+                    "subscription on its current plan."
+                ),
                 "tags": ["admin"],
                 "security": _SESSION,
                 "responses": {
@@ -324,6 +357,7 @@ OPENAPI: dict[str, Any] = {
                 "reference",
                 "created_at",
                 "paid_at",
+                "kind",
             ],
             "properties": {
                 "id": {"type": "string"},
@@ -338,6 +372,15 @@ OPENAPI: dict[str, Any] = {
                 "reference": {"type": ["string", "null"]},
                 "created_at": {"type": "number"},
                 "paid_at": _NUM_OR_NULL,
+                "kind": {
+                    "type": "string",
+                    "enum": list(INVOICE_KINDS),
+                    "description": (
+                        "period: a first or renewal invoice, buying period_start..period_end "
+                        "of plan_id; upgrade: the prorated difference of an upgrade to "
+                        "plan_id for the rest of the current period, applied when paid"
+                    ),
+                },
             },
         },
         "SubscriptionAndInvoice": {

@@ -1,5 +1,10 @@
 """HTTP routes: playback authorization, the account's live streams, playback events and the
-per-session HLS multivariant playlist. Thin handlers over control/playback.py."""
+per-session HLS multivariant playlist. Thin handlers over control/playback.py.
+
+The playlist route takes either the play's ``?token=`` (what ``manifests.hls`` carries, so
+native HLS players, which cannot send headers, can load it) or the bearer session of the play's
+account. A token that does not verify is 404 like another account's play (nothing is revealed),
+unless an Authorization header is sent too, which is then checked as on every other route."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..app import control_of, profile_of, read_body, session_of
+from ..clients import client_address
 from ..errors import NotFound
 from ..fields import Fields, page_params
 from ..manifest import HLS_CONTENT_TYPE
@@ -66,7 +72,7 @@ async def start_playback(request: web.Request) -> web.Response:
         title_id,
         episode_id,
         device=device,
-        client_ip=request.remote or "",
+        client_ip=client_address(request),
         control_url=_control_url(request),
     )
     return web.json_response(answer, status=201, headers={"Cache-Control": "no-store"})
@@ -115,9 +121,16 @@ async def stop_playback(request: web.Request) -> web.Response:
 
 @routes.get("/v1/playback/{play_id}/master.m3u8")
 async def session_playlist(request: web.Request) -> web.Response:
-    s = await session_of(request)
     play_id = _play_id(request)
-    text = await _service(request).playlist(s.account_id, play_id)
+    service = _service(request)
+    token = request.query.get("token")
+    if token is not None and service.playlist_token_ok(play_id, token, client_address(request)):
+        text = await service.playlist(None, play_id)
+    elif token is not None and "Authorization" not in request.headers:
+        raise NotFound("no such playback session")
+    else:
+        s = await session_of(request)
+        text = await service.playlist(s.account_id, play_id)
     return web.Response(
         text=text,
         headers={"Content-Type": HLS_CONTENT_TYPE, "Cache-Control": "no-store"},
@@ -145,14 +158,22 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Authorise playback of a title or episode for a profile",
                 "description": (
                     "Checks the plan (402 subscription_required without one; a canceled "
-                    "subscription plays until its period ends), the title (404; 400 for a series "
-                    "without episode_id; 409 not_playable), the profile's maturity limit (a "
-                    "title above it is 404) and the plan's concurrent streams (409 stream_limit, "
-                    "details {max_streams, active}). Takes a stream lease, renewed by progress "
-                    "events every heartbeat_interval seconds and lost after lease_expires_at "
-                    "without one. Answers the renditions the plan allows, signed edge URL "
-                    "prefixes in steering's rank order, the manifests and the content steering "
-                    "URLs. 503 when playback is not configured or no edge is reachable."
+                    "subscription plays until its period ends), the title (404 when unknown, "
+                    "unpublished or above the profile's maturity limit, checked first, so a "
+                    "hidden title is always 404; then 400 for a series without episode_id, 409 "
+                    "not_playable) and the plan's concurrent streams (409 stream_limit, details "
+                    "{max_streams, active}). Takes a stream lease, renewed by progress events "
+                    "every heartbeat_interval seconds and lost after lease_expires_at without "
+                    "one. Answers the renditions the plan allows, the edges in steering's rank "
+                    "order (steering's own 'origin' entry left out; the configured fallback URL, "
+                    "id 'fallback', when steering is unreachable), the manifests and the content "
+                    "steering URLs. The plan's resolution is enforced by the edge tokens: "
+                    "manifests.hls (a URL needing no headers) lists only the allowed renditions, "
+                    "each with its own token for its directory. Only when the plan allows every "
+                    "rendition of the title (capped false) do edges[].url_prefix, "
+                    "manifests.hls_edge and manifests.dash carry a title-wide token; for a "
+                    "capped plan they are null and the player plays through manifests.hls. 503 "
+                    "when playback is not configured or no edge is reachable."
                 ),
                 "tags": ["playback"],
                 "security": _SESSION,
@@ -186,9 +207,12 @@ OPENAPI: dict[str, Any] = {
                 "description": (
                     "progress renews the stream lease and records the resume position; stop ends "
                     "the lease and records the final position; error is counted and logged. "
-                    "position and client_at are required for progress and stop. A lease that "
-                    "expired answers 409 lease_expired (start again); a stopped session 409 "
-                    "stopped."
+                    "position and client_at are required for progress and stop; a position past "
+                    "the media's duration is clamped to it (the answer's position is the one "
+                    "recorded). Every progress event re-checks the subscription: when it has "
+                    "ended, the lease ends there (the position recorded as by a stop) and the "
+                    "answer is 402 subscription_required. A lease that expired answers 409 "
+                    "lease_expired (start again); a stopped session 409 stopped."
                 ),
                 "tags": ["playback"],
                 "security": _SESSION,
@@ -197,7 +221,7 @@ OPENAPI: dict[str, Any] = {
                     "200": json_response(
                         "applied", {"$ref": "#/components/schemas/PlaybackEventResult"}
                     ),
-                    **error_responses(400, 401, 404, 409, 413, 415),
+                    **error_responses(400, 401, 402, 404, 409, 413, 415),
                 },
             },
         },
@@ -206,12 +230,15 @@ OPENAPI: dict[str, Any] = {
             "delete": {
                 "operationId": "stopPlayback",
                 "summary": "Stop a playback session, freeing its stream slot",
-                "description": "409 stopped (or lease_expired) when it has ended already.",
+                "description": (
+                    "Idempotent: a session that has ended already (stopped, or its lease ran "
+                    "out) answers 204 too."
+                ),
                 "tags": ["playback"],
                 "security": _SESSION,
                 "responses": {
-                    "204": {"description": "stopped"},
-                    **error_responses(401, 404, 409),
+                    "204": {"description": "stopped (or over already)"},
+                    **error_responses(401, 404),
                 },
             },
         },
@@ -222,12 +249,37 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The session's HLS multivariant playlist",
                 "description": (
                     "Only the renditions the plan allows, with absolute URIs on the first-ranked "
-                    "edge under the session's signed prefix; with steering configured, an "
-                    "EXT-X-CONTENT-STEERING tag (pathway 'cdn', cloned onto every edge by the "
-                    "steering server) and PATHWAY-ID on every variant."
+                    "edge, each variant and each audio group (EXT-X-MEDIA TYPE=AUDIO, as the "
+                    "origin's master.m3u8 writes them) under its own directory with its own "
+                    "token, so no other rendition can be fetched with them; with steering "
+                    "configured, an EXT-X-CONTENT-STEERING tag (pathway 'cdn', cloned onto every "
+                    "edge by the steering server) and PATHWAY-ID on every variant. "
+                    "Authorised by the token query parameter (manifests.hls carries it: no "
+                    "header needed, for native HLS players) or by the bearer session of the "
+                    "play's account. A token that does not verify (tampered, expired, another "
+                    "play's, another client's address when tokens are bound) is 404, like "
+                    "another account's play."
                 ),
                 "tags": ["playback"],
-                "security": _SESSION,
+                "security": [*_SESSION, {}],
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "description": (
+                            "the playlist token of manifests.hls (signed with the edge keys for "
+                            "this path, expiring with the session's edge tokens)"
+                        ),
+                        # Tokens are [A-Za-z0-9_.-] (edge/tokens.py); a playlist token is
+                        # about 200 characters at most (a 64-character play id, IPv6-bound).
+                        "schema": {
+                            "type": "string",
+                            "maxLength": 512,
+                            "pattern": "^[A-Za-z0-9_.-]*$",
+                        },
+                    }
+                ],
                 "responses": {
                     "200": {
                         "description": "the multivariant playlist (RFC 8216)",
@@ -266,6 +318,7 @@ OPENAPI: dict[str, Any] = {
                 "title_id",
                 "episode_id",
                 "max_height",
+                "capped",
                 "renditions",
                 "edges",
                 "manifests",
@@ -289,6 +342,14 @@ OPENAPI: dict[str, Any] = {
                 "title_id": {"type": "string"},
                 "episode_id": _NULLABLE_STRING,
                 "max_height": {"type": "integer", "description": "the plan's tallest rendition"},
+                "capped": {
+                    "type": "boolean",
+                    "description": (
+                        "true when the plan withholds some of the title's renditions: no "
+                        "title-wide token then (edges[].url_prefix, manifests.hls_edge and "
+                        "manifests.dash are null); play manifests.hls"
+                    ),
+                },
                 "renditions": {
                     "type": "array",
                     "minItems": 1,
@@ -297,15 +358,25 @@ OPENAPI: dict[str, Any] = {
                 "edges": {
                     "type": "array",
                     "minItems": 1,
-                    "description": "in steering's rank order; the origin when steering is down",
+                    "description": (
+                        "in steering's rank order (never steering's 'origin' entry); the "
+                        "configured fallback URL (id 'fallback') when steering is unreachable"
+                    ),
                     "items": {
                         "type": "object",
-                        "required": ["id", "url_prefix"],
+                        "required": ["id", "url", "url_prefix"],
                         "properties": {
                             "id": {"type": "string"},
-                            "url_prefix": {
+                            "url": {
                                 "type": "string",
-                                "description": "<edge>/_t/<token>/v/<key>/: the title's files",
+                                "description": "the edge's base URL (no token)",
+                            },
+                            "url_prefix": {
+                                "type": ["string", "null"],
+                                "description": (
+                                    "<edge>/_t/<token>/v/<key>/, a title-wide token for the "
+                                    "title's files; null when the plan is capped"
+                                ),
                             },
                         },
                     },
@@ -316,13 +387,26 @@ OPENAPI: dict[str, Any] = {
                     "properties": {
                         "hls": {
                             "type": "string",
-                            "description": "this service's per-session multivariant playlist",
+                            "description": (
+                                "this service's per-session multivariant playlist, the only "
+                                "one limited to the plan's renditions; carries its own token "
+                                "(?token=), so it loads without an Authorization header"
+                            ),
                         },
                         "hls_edge": {
-                            "type": "string",
-                            "description": "the origin's master.m3u8 on the first edge",
+                            "type": ["string", "null"],
+                            "description": (
+                                "the origin's master.m3u8 on the first edge (whole ladder); "
+                                "null when the plan is capped"
+                            ),
                         },
-                        "dash": {"type": "string", "description": "manifest.mpd, first edge"},
+                        "dash": {
+                            "type": ["string", "null"],
+                            "description": (
+                                "manifest.mpd on the first edge (whole ladder); null when the "
+                                "plan is capped"
+                            ),
+                        },
                     },
                 },
                 "steering": {
@@ -402,10 +486,23 @@ OPENAPI: dict[str, Any] = {
         },
         "PlaybackEventResult": {
             "type": "object",
-            "required": ["play_id", "stopped", "lease_expires_at", "heartbeat_interval"],
+            "required": [
+                "play_id",
+                "stopped",
+                "position",
+                "lease_expires_at",
+                "heartbeat_interval",
+            ],
             "properties": {
                 "play_id": {"type": "string"},
                 "stopped": {"type": "boolean"},
+                "position": {
+                    "type": "number",
+                    "description": (
+                        "the play's recorded position: the event's, clamped to the media's "
+                        "duration when known"
+                    ),
+                },
                 "lease_expires_at": {"type": "number"},
                 "heartbeat_interval": {"type": "number"},
             },
