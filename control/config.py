@@ -435,9 +435,8 @@ def parse_config(
     plans: tuple[PlanConfig, ...] = DEFAULT_PLANS
     if top.get("plans") is not None:
         if not isinstance(top["plans"], list) or not top["plans"]:
-            raise r.fail(
-                "plans", f"expected a list of at least one plan, got {describe_value(top['plans'])}"
-            )
+            got = "an empty list" if top["plans"] == [] else describe_value(top["plans"])
+            raise r.fail("plans", f"expected a list of at least one plan, got {got}")
         plans = tuple(_plan(r, p, f"plans[{i}]") for i, p in enumerate(top["plans"]))
         ids = [p.id for p in plans]
         for i, pid in enumerate(ids):
