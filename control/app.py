@@ -194,6 +194,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         c.metrics.inc("control_db_errors", "other")
         log.exception("event=database_error route=%s method=%s", route, request.method)
         response = _json_error(500, "internal", "internal error")
+    except ConnectionResetError:
+        # The client left while its answer was being written: nobody gets a response, so it
+        # is neither a 500 nor an error of ours. Counted under its own status label.
+        log.debug("event=client_gone route=%s method=%s", route, request.method)
+        c.metrics.inc("control_requests", route, request.method, "client_closed")
+        raise
     except Exception:
         log.exception("event=internal_error route=%s method=%s", route, request.method)
         response = _json_error(500, "internal", "internal error")

@@ -182,10 +182,14 @@ class HomeStore:
                 stored,
             )
             # Profiles whose history is gone are served the (fresher) fallback again.
+            # NOT EXISTS, not NOT IN: PostgreSQL turns NOT IN over a big subquery into a
+            # rescan per row once it outgrows work_mem (minutes at 100k profiles); NOT EXISTS
+            # is an anti-join on both engines.
             await tx.execute(
-                "DELETE FROM home_rows WHERE profile_id NOT IN"
-                " (SELECT profile_id FROM watch_state"
-                " UNION SELECT profile_id FROM ratings WHERE rating = 1)"
+                "DELETE FROM home_rows WHERE"
+                " NOT EXISTS (SELECT 1 FROM watch_state w WHERE w.profile_id = home_rows.profile_id)"
+                " AND NOT EXISTS (SELECT 1 FROM ratings r"
+                " WHERE r.profile_id = home_rows.profile_id AND r.rating = 1)"
             )
             version = await bump_version(tx, "popularity_version")
             await tx.execute(

@@ -342,7 +342,7 @@ class LibraryStore:
             if count is not None and int(count["n"]) >= MAX_LIST:
                 await tx.execute(
                     "DELETE FROM my_list WHERE profile_id = ?"
-                    " AND title_id NOT IN (SELECT id FROM titles)",
+                    " AND NOT EXISTS (SELECT 1 FROM titles t WHERE t.id = my_list.title_id)",
                     (profile.id,),
                 )
                 count = await tx.fetchone(

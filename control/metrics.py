@@ -25,6 +25,8 @@ undeclared name or wrong labels, so the exposition and this table cannot drift a
 ``control_feed_entries_total``                   feed entries applied
 ``control_feed_skipped_total``                   feed entries skipped as invalid (logged)
 ``control_search_requests_total{kind}``          search | autocomplete
+``control_search_cache_total{result}``           hit | miss (answers cached until the catalog
+                                                 or the popularity changes)
 ``control_recompute_runs_total{outcome}``        recommendation batch runs: ok | error
 ``control_recompute_profiles_total``             profiles whose rows the batch stored
 ``control_invoices_total{event}``                created | paid | void
@@ -70,6 +72,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "control_feed_entries": ("Origin catalog feed entries applied", ()),
     "control_feed_skipped": ("Origin catalog feed entries skipped as invalid", ()),
     "control_search_requests": ("Search requests", ("kind",)),
+    "control_search_cache": ("Search answers from the answer cache or computed", ("result",)),
     "control_recompute_runs": ("Recommendation batch runs", ("outcome",)),
     "control_recompute_profiles": ("Profiles whose home rows the batch stored", ()),
     "control_invoices": ("Invoice events", ("event",)),

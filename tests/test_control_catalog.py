@@ -670,3 +670,32 @@ async def test_load_of_10k_titles_is_fast(tmp_path: Path) -> None:
         assert load_s < 10.0 and search_s < 0.5 and resync_s < 2.0
     finally:
         await control.db.close()
+
+
+async def test_search_answers_are_cached_until_the_catalog_or_popularity_changes(
+    start_control: Any,
+) -> None:
+    rc = await start_control()
+    admin = await rc.admin()
+    user = await rc.signup()
+    await create(rc, admin, kind="movie", name="Alpha", synopsis="A film.")
+    await create(rc, admin, kind="movie", name="Beta", synopsis="A film.")
+
+    async def search() -> list[str]:
+        return ids(await get(rc, user, "/v1/search", user.profile_id, q="Film"))
+
+    first = await search()
+    assert await search() == first  # "Film" and "film" are the same question
+    assert await get(rc, user, "/v1/search", user.profile_id, q="film ") is not None
+    assert rc.counter("control_search_cache", "miss") == 1
+    assert rc.counter("control_search_cache", "hit") == 2
+    # A catalog change is seen at once...
+    r = await rc.api.put("/v1/admin/titles/alpha", json={"synopsis": "A play."}, token=admin.token)
+    assert r.status == 200, r
+    assert await search() == ["beta"]
+    # ...and so is new popularity (equal relevance: popularity decides).
+    await create(rc, admin, kind="movie", name="Gamma", synopsis="A film.")
+    assert await search() == ["beta", "gamma"]
+    rc.control.catalog.set_popularity({"gamma": 3.0})
+    assert await search() == ["gamma", "beta"]
+    assert rc.counter("control_search_cache", "miss") == 4
