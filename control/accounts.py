@@ -430,6 +430,39 @@ class AccountStore:
             row["account_id"], row["role"], digest, float(row["expires_at"]), row["email"]
         )
 
+    async def authenticate_profile(self, token: str, profile_id: str) -> tuple[Session, Profile]:
+        """`authenticate` and `get_profile` in one query: most viewer requests need both, and
+        on PostgreSQL every round trip costs more than the query. The same answers: 401 for
+        a bad session first, then 404 for a profile that is missing or another account's."""
+        if not token or len(token) > _MAX_TOKEN_CHARS:
+            raise Unauthorized("sign in required")
+        digest = auth.token_digest(token)
+        row = await self.db.fetchone(
+            "SELECT s.account_id, s.expires_at, s.revoked_at, a.role, a.email,"
+            " p.id AS p_id, p.name AS p_name, p.maturity_limit AS p_maturity,"
+            " p.kids AS p_kids, p.created_at AS p_created"
+            " FROM sessions s JOIN accounts a ON a.id = s.account_id"
+            " LEFT JOIN profiles p ON p.account_id = s.account_id AND p.id = ?"
+            " WHERE s.token_hash = ?",
+            (profile_id if valid_id(profile_id) else "", digest),
+        )
+        if row is None or row["revoked_at"] is not None or self._now() >= row["expires_at"]:
+            raise Unauthorized("the session is expired or signed out; sign in again")
+        session = Session(
+            row["account_id"], row["role"], digest, float(row["expires_at"]), row["email"]
+        )
+        if row["p_id"] is None:
+            raise NotFound("no such profile")
+        profile = Profile(
+            row["p_id"],
+            row["account_id"],
+            row["p_name"],
+            int(row["p_maturity"]),
+            bool(row["p_kids"]),
+            float(row["p_created"]),
+        )
+        return session, profile
+
     async def get_account(self, account_id: str) -> Account:
         row = await self.db.fetchone(
             "SELECT id, email, role, created_at FROM accounts WHERE id = ?", (account_id,)

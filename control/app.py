@@ -133,9 +133,14 @@ async def admin_of(request: web.Request) -> Any:
 async def profile_of(request: web.Request, profile_id: str | None = None) -> Any:
     """The session's profile ``profile_id`` (default: the route's {profile_id}); 404 when it
     belongs to another account, so other accounts' ids cannot be probed."""
-    s = await session_of(request)
     pid = profile_id if profile_id is not None else request.match_info["profile_id"]
-    return await control_of(request).accounts.get_profile(s.account_id, pid)
+    accounts = control_of(request).accounts
+    s = request.get(SESSION)
+    if s is not None:
+        return await accounts.get_profile(s.account_id, pid)
+    s, profile = await accounts.authenticate_profile(bearer_token(request), pid)
+    request[SESSION] = s
+    return profile
 
 
 # -- middlewares ---------------------------------------------------------------------------

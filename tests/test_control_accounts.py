@@ -858,3 +858,20 @@ async def test_malformed_bodies(start_control: Any) -> None:
             "payload_too_large",
             "unsupported_media_type",
         )
+
+
+async def test_session_is_checked_before_the_profile_in_one_query(start_control: Any) -> None:
+    """Viewer routes read the session and the profile together: a dead session is 401 even
+    for another account's profile id, a live one gets 404 for it (existence never shows)."""
+    rc = await start_control()
+    a, b = await rc.signup(), await rc.signup()
+    path = f"/v1/profiles/{b.profile_id}/history"
+    assert (await rc.api.get(path, token=b.token)).status == 200
+    assert (await rc.api.get(path, token=a.token)).status == 404
+    assert (await rc.api.get(f"/v1/profiles/{'x' * 65}/history", token=a.token)).status == 404
+    assert (await rc.api.get(path, token="not-a-session")).status == 401
+    await rc.api.delete("/v1/sessions/current", token=a.token)
+    r = await rc.api.get(path, token=a.token)
+    assert r.status == 401 and r.body["error"]["code"] == "unauthorized"
+    rc.clock.advance(rc.config.sessions.ttl + 1)
+    assert (await rc.api.get(path, token=b.token)).status == 401
