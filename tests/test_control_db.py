@@ -167,3 +167,51 @@ async def test_unreachable_postgresql_is_unavailable() -> None:
             pool_max=1,
             timeout=0.5,
         )
+
+
+async def test_sqlite_waits_for_another_writer_without_blocking_the_loop(tmp_path) -> None:
+    """Two processes' worth of connections on one file: while one holds the write lock, the
+    other's transaction waits off the event loop (reads keep being answered), then runs."""
+    url = f"sqlite:///{tmp_path}/shared.db"
+    one, two = await connect(url), await connect(url)
+    try:
+        await migrate(one, [M1], now=1.0)
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with one.transaction() as tx:
+                await tx.execute("INSERT INTO t(id) VALUES ('first')")
+                holding.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await holding.wait()
+        writer = asyncio.create_task(two.execute("INSERT INTO t(id) VALUES ('second')"))
+        for _ in range(3):
+            await asyncio.sleep(0)  # let the writer try, fail to lock, and wait
+        # The loop is free while `writer` waits: a read on the same database answers.
+        assert await two.fetchone("SELECT COUNT(*) AS n FROM t") == {"n": 0}
+        assert not writer.done()
+        release.set()
+        await holder
+        assert await asyncio.wait_for(writer, 10) == 1
+        rows = await two.fetchall("SELECT id FROM t ORDER BY id")
+        assert rows == [{"id": "first"}, {"id": "second"}]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_sqlite_gives_up_on_a_write_lock_held_too_long(tmp_path) -> None:
+    path = tmp_path / "held.db"
+    one = dbmod.SqliteDatabase(path)
+    two = dbmod.SqliteDatabase(path, busy_timeout_ms=50)
+    try:
+        await migrate(one, [M1], now=1.0)
+        async with one.transaction():
+            with pytest.raises(dbmod.UnavailableError, match="locked"):
+                await two.execute("INSERT INTO t(id) VALUES ('x')")
+        assert await two.execute("INSERT INTO t(id) VALUES ('x')") == 1
+    finally:
+        await one.close()
+        await two.close()
