@@ -38,6 +38,7 @@ from .errors import (
 )
 from .fields import parse_json
 from .metrics import Metrics
+from .responses import respond
 from .schema import MIGRATIONS
 
 log = logging.getLogger("control")
@@ -156,7 +157,7 @@ def _route_name(request: web.Request) -> str:
 
 
 def _json_error(status: int, code: str, message: str, details: Any = None) -> web.Response:
-    return web.json_response(error_body(code, message, details), status=status)
+    return respond(error_body(code, message, details), status=status)
 
 
 @web.middleware
@@ -284,8 +285,8 @@ async def _healthz(request: web.Request) -> web.Response:
     except dbmod.DatabaseError as exc:
         # The reason goes to the log, not to whoever polls the health check.
         log.error("event=healthz_failed error=%r", str(exc)[:200])
-        return web.json_response({"status": "unavailable", "database": c.db.dialect}, status=503)
-    return web.json_response(
+        return respond({"status": "unavailable", "database": c.db.dialect}, status=503)
+    return respond(
         {
             "status": "ok",
             "database": c.db.dialect,
@@ -322,7 +323,7 @@ async def _publish_metrics(c: Control) -> None:
 async def _openapi(request: web.Request) -> web.Response:
     from .openapi import document
 
-    return web.json_response(document(), headers={"Cache-Control": "max-age=60"})
+    return respond(document(), headers={"Cache-Control": "max-age=60"})
 
 
 # -- lifecycle -----------------------------------------------------------------------------

@@ -33,6 +33,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 from . import recommend
 from .catalog import bump_version
 from .recommend import Row, Title, Watch
@@ -254,7 +256,7 @@ class HomeStore:
         base: list[dict[str, Any]]
         if stored is not None:
             source, computed_at = "batch", float(stored["computed_at"])
-            base = list(json.loads(stored["rows"]))
+            base = list(orjson.loads(stored["rows"]))
         else:
             source, computed_at = "fallback", None
             base = [

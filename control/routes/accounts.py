@@ -16,6 +16,7 @@ from ..clients import client_address
 from ..errors import NotFound
 from ..fields import Fields, page, page_params
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
+from ..responses import respond
 
 routes = web.RouteTableDef()
 
@@ -63,7 +64,7 @@ async def signup(request: web.Request) -> web.Response:
         control_of(request).metrics.inc("control_signups", "invalid")
         raise
     s = await _store(request).signup(email, password, name, _remote(request))
-    return web.json_response(_signed_in(s), status=201)
+    return respond(_signed_in(s), status=201)
 
 
 @routes.post("/v1/sessions")
@@ -74,7 +75,7 @@ async def signin(request: web.Request) -> web.Response:
     device = f.text("device", required=False, max_len=MAX_DEVICE, default="")
     f.done()
     s = await _store(request).signin(email, password, _remote(request), device)
-    return web.json_response(_signed_in(s), status=201)
+    return respond(_signed_in(s), status=201)
 
 
 @routes.delete("/v1/sessions/current")
@@ -95,7 +96,7 @@ async def signout_everywhere(request: web.Request) -> web.Response:
 async def get_account(request: web.Request) -> web.Response:
     s = await session_of(request)
     account = await _store(request).get_account(s.account_id)
-    return web.json_response(account.to_json())
+    return respond(account.to_json())
 
 
 @routes.put("/v1/account/password")
@@ -116,7 +117,7 @@ async def list_profiles(request: web.Request) -> web.Response:
     f.done()
     profiles = await _store(request).profiles_of(s.account_id)
     items = [p.to_json() for p in profiles[f.offset : f.offset + f.limit]]  # type: ignore[attr-defined]
-    return web.json_response(page(items, len(profiles), f.offset, f.limit))  # type: ignore[attr-defined]
+    return respond(page(items, len(profiles), f.offset, f.limit))  # type: ignore[attr-defined]
 
 
 @routes.post("/v1/profiles")
@@ -128,7 +129,7 @@ async def create_profile(request: web.Request) -> web.Response:
     kids = f.boolean("kids", required=False, default=False)
     f.done()
     p = await _store(request).create_profile(s.account_id, name, maturity, kids)
-    return web.json_response(p.to_json(), status=201)
+    return respond(p.to_json(), status=201)
 
 
 @routes.get("/v1/profiles/{profile_id}")
@@ -136,7 +137,7 @@ async def get_profile(request: web.Request) -> web.Response:
     s = await session_of(request)
     pid = path_id(request, "profile_id", "profile")
     p = await _store(request).get_profile(s.account_id, pid)
-    return web.json_response(p.to_json())
+    return respond(p.to_json())
 
 
 @routes.patch("/v1/profiles/{profile_id}")
@@ -151,7 +152,7 @@ async def update_profile(request: web.Request) -> web.Response:
     p = await _store(request).update_profile(
         s.account_id, pid, name=name, maturity_limit=maturity, kids=kids
     )
-    return web.json_response(p.to_json())
+    return respond(p.to_json())
 
 
 @routes.delete("/v1/profiles/{profile_id}")
@@ -170,7 +171,7 @@ async def set_role(request: web.Request) -> web.Response:
     role = f.choice("role", ROLES)
     f.done()
     account = await _store(request).set_role(account_id, role)
-    return web.json_response(account.to_json())
+    return respond(account.to_json())
 
 
 # -- OpenAPI -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from ..billing import (
 )
 from ..fields import Fields, page, page_params
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
+from ..responses import respond
 from .accounts import path_id
 
 routes = web.RouteTableDef()
@@ -36,13 +37,13 @@ def _plan_id(f: Fields) -> Any:
 @routes.get("/v1/plans")
 async def list_plans(request: web.Request) -> web.Response:
     plans = [plan_json(p) for p in control_of(request).config.plans]
-    return web.json_response({"items": plans})
+    return respond({"items": plans})
 
 
 @routes.get("/v1/subscription")
 async def get_subscription(request: web.Request) -> web.Response:
     s = await session_of(request)
-    return web.json_response(await _store(request).subscription(s.account_id))
+    return respond(await _store(request).subscription(s.account_id))
 
 
 @routes.post("/v1/subscription")
@@ -51,7 +52,7 @@ async def subscribe(request: web.Request) -> web.Response:
     f = Fields(await read_body(request))
     plan_id = _plan_id(f)
     f.done()
-    return web.json_response(await _store(request).subscribe(s.account_id, plan_id), status=201)
+    return respond(await _store(request).subscribe(s.account_id, plan_id), status=201)
 
 
 @routes.put("/v1/subscription")
@@ -60,7 +61,7 @@ async def change_plan(request: web.Request) -> web.Response:
     f = Fields(await read_body(request))
     plan_id = _plan_id(f)
     f.done()
-    return web.json_response(await _store(request).change_plan(s.account_id, plan_id))
+    return respond(await _store(request).change_plan(s.account_id, plan_id))
 
 
 @routes.delete("/v1/subscription")
@@ -79,7 +80,7 @@ async def list_invoices(request: web.Request) -> web.Response:
     items, total = await _store(request).invoices(
         account_id=s.account_id, offset=offset, limit=limit
     )
-    return web.json_response(page(items, total, offset, limit))
+    return respond(page(items, total, offset, limit))
 
 
 @routes.get("/v1/admin/invoices")
@@ -93,7 +94,7 @@ async def admin_list_invoices(request: web.Request) -> web.Response:
     items, total = await _store(request).invoices(
         account_id=account_id, status=status, offset=offset, limit=limit
     )
-    return web.json_response(page(items, total, offset, limit))
+    return respond(page(items, total, offset, limit))
 
 
 @routes.post("/v1/admin/invoices/{invoice_id}/paid")
@@ -104,14 +105,14 @@ async def admin_mark_paid(request: web.Request) -> web.Response:
     f = Fields(body)
     reference = f.text("reference", required=False, max_len=200, default="")
     f.done()
-    return web.json_response(await _store(request).mark_paid(invoice_id, reference))
+    return respond(await _store(request).mark_paid(invoice_id, reference))
 
 
 @routes.post("/v1/admin/invoices/{invoice_id}/void")
 async def admin_void(request: web.Request) -> web.Response:
     await admin_of(request)
     invoice_id = path_id(request, "invoice_id", "invoice")
-    return web.json_response(await _store(request).void(invoice_id))
+    return respond(await _store(request).void(invoice_id))
 
 
 # -- OpenAPI -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..errors import NotFound, Unavailable
 from ..feed import FeedError
 from ..fields import Fields, page, page_params, query_fields
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
+from ..responses import respond
 
 routes = web.RouteTableDef()
 
@@ -81,7 +82,7 @@ async def browse(request: web.Request) -> web.Response:
     items, total = _catalog(request).browse(
         profile.maturity_limit, offset=offset, limit=limit, **filters
     )
-    return web.json_response(page(items, total, offset, limit))
+    return respond(page(items, total, offset, limit))
 
 
 @routes.get("/v1/titles/{title_id}")
@@ -92,7 +93,7 @@ async def details(request: web.Request) -> web.Response:
     pid = _profile_id(f)
     f.done()
     profile = await profile_of(request, pid)
-    return web.json_response(await _catalog(request).details(title_id, profile.maturity_limit))
+    return respond(await _catalog(request).details(title_id, profile.maturity_limit))
 
 
 @routes.get("/v1/search")
@@ -109,7 +110,7 @@ async def search(request: web.Request) -> web.Response:
     items, total = _catalog(request).search(
         q, profile.maturity_limit, offset=offset, limit=limit, **filters
     )
-    return web.json_response({**page(items, total, offset, limit), "query": q})
+    return respond({**page(items, total, offset, limit), "query": q})
 
 
 @routes.get("/v1/autocomplete")
@@ -125,7 +126,7 @@ async def autocomplete(request: web.Request) -> web.Response:
     # As typed (NFC, not stripped): a trailing space says the last word is finished.
     typed = unicodedata.normalize("NFC", request.query.get("q", "")) if q else ""
     names = _catalog(request).autocomplete(typed, profile.maturity_limit, limit)
-    return web.json_response({"query": q, "suggestions": names})
+    return respond({"query": q, "suggestions": names})
 
 
 @routes.get("/v1/genres")
@@ -137,7 +138,7 @@ async def genres(request: web.Request) -> web.Response:
     profile = await profile_of(request, pid)
     offset, limit = f.offset, f.limit  # type: ignore[attr-defined]
     items = _catalog(request).genres(profile.maturity_limit)
-    return web.json_response(page(items[offset : offset + limit], len(items), offset, limit))
+    return respond(page(items[offset : offset + limit], len(items), offset, limit))
 
 
 # -- administrators ------------------------------------------------------------------------
@@ -225,14 +226,14 @@ async def admin_list(request: web.Request) -> web.Response:
     items, total = await _catalog(request).admin_list(
         kind=kind, published=published, source=source, offset=offset, limit=limit
     )
-    return web.json_response(page(items, total, offset, limit))
+    return respond(page(items, total, offset, limit))
 
 
 @routes.post("/v1/admin/titles")
 async def admin_create(request: web.Request) -> web.Response:
     await admin_of(request)
     spec = _title_body(await read_body(request), create=True)
-    return web.json_response(await _catalog(request).create_title(spec), status=201)
+    return respond(await _catalog(request).create_title(spec), status=201)
 
 
 @routes.get("/v1/admin/titles/{title_id}")
@@ -240,7 +241,7 @@ async def admin_get(request: web.Request) -> web.Response:
     await admin_of(request)
     title_id = _path_id(request, "title_id", "title")
     query_fields(request.query).done()
-    return web.json_response(await _catalog(request).admin_get(title_id))
+    return respond(await _catalog(request).admin_get(title_id))
 
 
 @routes.put("/v1/admin/titles/{title_id}")
@@ -248,7 +249,7 @@ async def admin_update(request: web.Request) -> web.Response:
     await admin_of(request)
     title_id = _path_id(request, "title_id", "title")
     changes = _title_body(await read_body(request), create=False)
-    return web.json_response(await _catalog(request).update_title(title_id, changes))
+    return respond(await _catalog(request).update_title(title_id, changes))
 
 
 @routes.delete("/v1/admin/titles/{title_id}")
@@ -264,7 +265,7 @@ async def admin_create_episode(request: web.Request) -> web.Response:
     await admin_of(request)
     title_id = _path_id(request, "title_id", "title")
     spec = _episode_body(await read_body(request), create=True)
-    return web.json_response(await _catalog(request).create_episode(title_id, spec), status=201)
+    return respond(await _catalog(request).create_episode(title_id, spec), status=201)
 
 
 @routes.put("/v1/admin/titles/{title_id}/episodes/{episode_id}")
@@ -274,7 +275,7 @@ async def admin_update_episode(request: web.Request) -> web.Response:
     episode_id = _path_id(request, "episode_id", "episode")
     changes = _episode_body(await read_body(request), create=False)
     out = await _catalog(request).update_episode(title_id, episode_id, changes)
-    return web.json_response(out)
+    return respond(out)
 
 
 @routes.delete("/v1/admin/titles/{title_id}/episodes/{episode_id}")
@@ -293,7 +294,7 @@ async def admin_sync(request: web.Request) -> web.Response:
         applied, seq = await control_of(request).feed.poll()
     except FeedError as exc:
         raise Unavailable(f"the origin catalog feed failed: {exc}") from None
-    return web.json_response({"applied": applied, "seq": seq})
+    return respond({"applied": applied, "seq": seq})
 
 
 # -- OpenAPI -------------------------------------------------------------------------------

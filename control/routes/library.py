@@ -21,6 +21,7 @@ from ..errors import NotFound
 from ..fields import Fields, page, page_params
 from ..library import MAX_LIST, MAX_POSITION_S, LibraryStore
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
+from ..responses import respond
 
 routes = web.RouteTableDef()
 
@@ -66,7 +67,7 @@ async def put_resume(request: web.Request) -> web.Response:
     state = await _library(request).put_resume(
         profile, title_id, episode_id, position, duration, client_at
     )
-    return web.json_response(state)
+    return respond(state)
 
 
 @routes.get("/v1/profiles/{profile_id}/resume/{title_id}")
@@ -74,7 +75,7 @@ async def get_resume(request: web.Request) -> web.Response:
     profile = await profile_of(request)
     title_id = _title_id(request)
     _no_query(request)
-    return web.json_response(await _library(request).resume(profile, title_id))
+    return respond(await _library(request).resume(profile, title_id))
 
 
 # -- history -------------------------------------------------------------------------------
@@ -87,7 +88,7 @@ async def get_history(request: web.Request) -> web.Response:
     f.done()
     off, lim = f.offset, f.limit  # type: ignore[attr-defined]
     items, total = await _library(request).history(profile, off, lim)
-    return web.json_response(page(items, total, off, lim))
+    return respond(page(items, total, off, lim))
 
 
 @routes.delete("/v1/profiles/{profile_id}/history/{title_id}")
@@ -108,7 +109,7 @@ async def get_list(request: web.Request) -> web.Response:
     f.done()
     off, lim = f.offset, f.limit  # type: ignore[attr-defined]
     items, total = await _library(request).list_titles(profile, off, lim)
-    return web.json_response(page(items, total, off, lim))
+    return respond(page(items, total, off, lim))
 
 
 @routes.put("/v1/profiles/{profile_id}/list/{title_id}")
@@ -137,7 +138,7 @@ async def get_ratings(request: web.Request) -> web.Response:
     f.done()
     off, lim = f.offset, f.limit  # type: ignore[attr-defined]
     items, total = await _library(request).ratings(profile, off, lim)
-    return web.json_response(page(items, total, off, lim))
+    return respond(page(items, total, off, lim))
 
 
 @routes.put("/v1/profiles/{profile_id}/ratings/{title_id}")
@@ -168,7 +169,7 @@ async def delete_rating(request: web.Request) -> web.Response:
 async def get_home(request: web.Request) -> web.Response:
     profile = await profile_of(request)
     _no_query(request)
-    return web.json_response(await control_of(request).home.home(profile))
+    return respond(await control_of(request).home.home(profile))
 
 
 @routes.post("/v1/admin/recompute")
@@ -177,7 +178,7 @@ async def recompute(request: web.Request) -> web.Response:
     _no_query(request)
     t0 = time.perf_counter()
     n = await control_of(request).home.recompute()
-    return web.json_response({"profiles": n, "seconds": round(time.perf_counter() - t0, 6)})
+    return respond({"profiles": n, "seconds": round(time.perf_counter() - t0, 6)})
 
 
 # -- OpenAPI -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from ..fields import Fields, page_params
 from ..manifest import HLS_CONTENT_TYPE
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
 from ..playback import EVENT_KINDS, MAX_ERROR_CHARS, PlaybackService
+from ..responses import respond
 
 routes = web.RouteTableDef()
 
@@ -75,7 +76,7 @@ async def start_playback(request: web.Request) -> web.Response:
         client_ip=client_address(request),
         control_url=_control_url(request),
     )
-    return web.json_response(answer, status=201, headers={"Cache-Control": "no-store"})
+    return respond(answer, status=201, headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/v1/playback")
@@ -84,7 +85,7 @@ async def live_streams(request: web.Request) -> web.Response:
     f = page_params(request.query)
     f.done()
     result = await _service(request).live(s.account_id, f.offset, f.limit)  # type: ignore[attr-defined]
-    return web.json_response(result, headers={"Cache-Control": "no-store"})
+    return respond(result, headers={"Cache-Control": "no-store"})
 
 
 @routes.post("/v1/playback/{play_id}/events")
@@ -108,7 +109,7 @@ async def playback_event(request: web.Request) -> web.Response:
         nbytes=nbytes,
         error=error,
     )
-    return web.json_response(result)
+    return respond(result)
 
 
 @routes.delete("/v1/playback/{play_id}")
