@@ -245,10 +245,16 @@ class BillingStore:
 
     async def entitlement(self, account_id: str) -> PlanConfig | None:
         """The plan playback may use now, or None (pending, expired, canceled and over, none)."""
-        now = self._now()
-        row = await self._sub(self.db, account_id)
+        return await self.entitlement_of(account_id, await self._sub(self.db, account_id))
+
+    async def entitlement_of(
+        self, account_id: str, row: dict[str, Any] | None
+    ) -> PlanConfig | None:
+        """`entitlement` from a subscription row the caller read already (joined into another
+        query; ``row`` needs status, plan_id, period_end and None when there is none)."""
         if row is None:
             return None
+        now = self._now()
         plan = self._entitled(row, now)
         if plan is None:
             await self._renew(account_id, now)

@@ -44,6 +44,62 @@ class ListFull(Conflict):
     code = "list_full"
 
 
+# One statement for both resume writes (PUT /resume and playback events): the row is written
+# unless a later client_at (or, at the same client_at, a larger position) is stored already
+# (latest client timestamp wins across devices). INSERT ... SELECT from profiles, so a profile
+# deleted meanwhile writes nothing instead of failing a foreign key (a playback event writes
+# inside its play's transaction, which must not abort for that). The CASTs type the
+# parameters for PostgreSQL, which would otherwise read an untyped SELECT-list value as text.
+_UPSERT_POSITION = (
+    "INSERT INTO watch_state (profile_id, title_id, episode_id, position, duration,"
+    " finished, client_at, updated_at)"
+    " SELECT id, ?, ?, CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION),"
+    " CAST(? AS INTEGER), CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION)"
+    " FROM profiles WHERE id = ?"
+    " ON CONFLICT (profile_id, title_id, episode_id) DO UPDATE SET"
+    " position = excluded.position, duration = excluded.duration,"
+    " finished = excluded.finished, client_at = excluded.client_at,"
+    " updated_at = excluded.updated_at"
+    " WHERE excluded.client_at > watch_state.client_at"
+    " OR (excluded.client_at = watch_state.client_at"
+    " AND excluded.position > watch_state.position)"
+)
+
+
+async def upsert_position(
+    tx: Any,
+    profile_id: str,
+    title_id: str,
+    episode_id: str | None,
+    position: float,
+    duration: float | None,
+    client_at: float,
+    now: float,
+    finished: bool | None = None,
+) -> int:
+    """Write a resume position through ``tx`` (a transaction or the database); the number of
+    rows written (0: a later write is stored, or the profile is gone). A position past a known
+    duration is clamped to it; ``finished`` defaults to position >= 95 % of the duration."""
+    if duration is not None and duration > 0:
+        position = min(position, duration)
+    if finished is None:
+        finished = bool(duration) and position >= FINISHED_FRACTION * float(duration or 0)
+    n: int = await tx.execute(
+        _UPSERT_POSITION,
+        (
+            title_id,
+            episode_id or "",
+            float(position),
+            duration,
+            1 if finished else 0,
+            float(client_at),
+            float(now),
+            profile_id,
+        ),
+    )
+    return n
+
+
 @dataclass(frozen=True, slots=True)
 class WatchRow:
     title_id: str
@@ -154,30 +210,16 @@ class LibraryStore:
                 "client_at is ahead of the server clock; check the device's clock",
                 {"fields": {"client_at": f"must not be more than {MAX_CLOCK_SKEW_S:g} s ahead"}},
             )
-        if duration is not None and duration > 0:
-            position = min(position, duration)
-        if finished is None:
-            finished = bool(duration) and position >= FINISHED_FRACTION * float(duration or 0)
-        n = await self.control.db.execute(
-            "INSERT INTO watch_state (profile_id, title_id, episode_id, position, duration,"
-            " finished, client_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (profile_id, title_id, episode_id) DO UPDATE SET"
-            " position = excluded.position, duration = excluded.duration,"
-            " finished = excluded.finished, client_at = excluded.client_at,"
-            " updated_at = excluded.updated_at"
-            " WHERE excluded.client_at > watch_state.client_at"
-            " OR (excluded.client_at = watch_state.client_at"
-            " AND excluded.position > watch_state.position)",
-            (
-                profile_id,
-                title_id,
-                episode_id or "",
-                float(position),
-                duration,
-                1 if finished else 0,
-                float(client_at),
-                now,
-            ),
+        n = await upsert_position(
+            self.control.db,
+            profile_id,
+            title_id,
+            episode_id,
+            position,
+            duration,
+            client_at,
+            now,
+            finished,
         )
         applied = bool(n > 0)
         log.debug(

@@ -74,7 +74,6 @@ from urllib.parse import urlencode
 
 from edge.tokens import TokenRejected, sign, verify
 
-from .db import IntegrityError
 from .errors import (
     BadRequest,
     Conflict,
@@ -85,6 +84,7 @@ from .errors import (
     Unavailable,
 )
 from .fields import page
+from .library import upsert_position
 from .manifest import (
     BASE_PATHWAY,
     RankedEdge,
@@ -136,6 +136,47 @@ def _reaped(row: dict[str, Any]) -> bool:
 # A play whose lease ran out is marked stopped at the instant its lease ended; an explicit stop
 # writes the time of the stop instead, so the two are told apart later (`_reaped`).
 _REAP = "UPDATE plays SET stopped_at = lease_expires_at"
+
+
+# What a playback event reads before its transaction, in one query: the media's duration as
+# CatalogStore.media would give it (None when the title or episode is no longer playable) and
+# the account's subscription (billing.entitlement_of). LEFT JOINs: a play whose title is gone
+# still takes events, recorded without a duration.
+_EVENT_META = (
+    "SELECT p.episode_id, t.kind AS t_kind, t.published AS t_published,"
+    " t.media_key AS t_key, t.duration AS t_duration, e.media_key AS e_key,"
+    " e.published AS e_published, e.duration AS e_duration,"
+    " s.status AS sub_status, s.plan_id AS sub_plan, s.period_end AS sub_end"
+    " FROM plays p"
+    " LEFT JOIN titles t ON t.id = p.title_id"
+    " LEFT JOIN episodes e ON e.id = p.episode_id AND e.title_id = p.title_id"
+    " LEFT JOIN subscriptions s ON s.account_id = p.account_id"
+    " WHERE p.id = ? AND p.account_id = ?"
+)
+
+
+def _playable_duration(meta: dict[str, Any]) -> float | None:
+    """The duration of a play's media from `_EVENT_META`, with CatalogStore.media's rules."""
+    if meta["t_kind"] is None or not meta["t_published"]:
+        return None
+    if meta["t_kind"] == "series":
+        if not meta["episode_id"] or not meta["e_key"] or not meta["e_published"]:
+            return None
+        value = meta["e_duration"]
+    else:
+        if meta["episode_id"] or not meta["t_key"]:
+            return None
+        value = meta["t_duration"]
+    return None if value is None else float(value)
+
+
+def _sub_row(meta: dict[str, Any]) -> dict[str, Any]:
+    """The subscription columns billing.entitlement_of reads, from `_EVENT_META`."""
+    return {
+        "status": meta["sub_status"],
+        "plan_id": meta["sub_plan"],
+        "period_end": meta["sub_end"],
+    }
 
 
 class PlaybackService:
@@ -465,33 +506,31 @@ class PlaybackService:
                 "client_at is ahead of the server clock; check the device's clock",
                 {"fields": {"client_at": f"must not be more than {MAX_CLOCK_SKEW_S:g} s ahead"}},
             )
-        # Read before the transaction (no lock held while the catalog and billing are asked);
-        # an unknown or another account's play gets its 404 from the transaction below.
-        meta = await c.db.fetchone(
-            "SELECT title_id, episode_id FROM plays WHERE id = ? AND account_id = ?",
-            (play_id, account_id),
-        )
+        # One read before the transaction (no write lock held meanwhile): the play's media,
+        # for its duration, and the account's subscription, which a heartbeat re-checks (a
+        # stream must not outlive it). An unknown or another account's play gets its 404 from
+        # the transaction below.
+        meta = await c.db.fetchone(_EVENT_META, (play_id, account_id))
         duration: float | None = None
         if meta is not None and position is not None:
-            duration = await self._duration(meta["title_id"], meta["episode_id"])
+            duration = _playable_duration(meta)
             if duration is not None and position > duration:
                 position = duration
-        # The heartbeat re-checks the subscription: a stream must not outlive it.
         entitled = True
         if kind == "progress" and meta is not None:
-            entitled = await c.billing.entitlement(account_id) is not None
+            sub = None if meta["sub_status"] is None else _sub_row(meta)
+            entitled = await c.billing.entitlement_of(account_id, sub) is not None
         refusal: ControlError | None = None
         reaped = revoked = False
+        resumed = True
         async with c.db.transaction() as tx:
             # A write first: the play's row lock serialises concurrent events of this play.
-            n = await tx.execute(
-                "UPDATE plays SET updated_at = updated_at WHERE id = ? AND account_id = ?",
+            row = await tx.fetchone(
+                "UPDATE plays SET updated_at = updated_at WHERE id = ? AND account_id = ?"
+                " RETURNING *",
                 (play_id, account_id),
             )
-            row = await tx.fetchone(
-                "SELECT * FROM plays WHERE id = ? AND account_id = ?", (play_id, account_id)
-            )
-            if n == 0 or row is None:
+            if row is None:
                 raise NotFound("no such playback session")
             lease_end = float(row["lease_expires_at"])
             recorded = float(row["position"])
@@ -532,6 +571,21 @@ class PlaybackService:
                         " seconds_watched = seconds_watched + ?, bytes = bytes + ? WHERE id = ?",
                         (position, now, now, watched, nbytes, play_id),
                     )
+                if client_at is not None:
+                    # In the same transaction: one commit per heartbeat, not two.
+                    resumed = (
+                        await upsert_position(
+                            tx,
+                            row["profile_id"],
+                            row["title_id"],
+                            row["episode_id"] or "",
+                            position,
+                            duration,
+                            client_at,
+                            now,
+                        )
+                        > 0
+                    )
         if reaped:
             c.metrics.inc("control_leases_expired")
             log.info("event=leases_expired account=%s play=%s count=1", account_id, play_id)
@@ -547,17 +601,13 @@ class PlaybackService:
                 error[:MAX_ERROR_CHARS],
             )
         elif position is not None and client_at is not None:
-            try:
-                await c.library.record_position(
-                    row["profile_id"],
-                    row["title_id"],
-                    row["episode_id"] or "",
-                    position,
-                    duration,
-                    client_at,
-                )
-            except IntegrityError:  # the profile was deleted while it played
-                log.info("event=position_dropped play=%s reason=profile_gone", play_id)
+            log.debug(
+                "event=resume_write profile=%s title=%s episode=%s applied=%s",
+                row["profile_id"],
+                row["title_id"],
+                row["episode_id"] or "-",
+                resumed,
+            )
             if kind == "stop" or revoked:
                 log.info(
                     "event=playback_stop account=%s play=%s title=%s position=%.1f reason=%s",
