@@ -262,6 +262,19 @@ class PlaybackService:
             raise Unavailable("cannot sign a playback token for this client") from None
 
         lease_expires_at = now + cfg.lease_ttl
+        # Steering is asked before the play is written, so that the play's row is inserted with
+        # its edges in the one write transaction of a start (a failure to steer then leaves
+        # nothing behind). A read of the streams in use comes first, so that a start refused
+        # for the stream limit does not cost steering a request; the transaction re-counts
+        # under the account's lock, which is what decides.
+        edges: list[RankedEdge] | None = None
+        fallback = False
+        if await self._active_streams(account_id, now) < plan.max_streams:
+            try:
+                edges, fallback = await self._edges(media.media_key, client_ip)
+            except Unavailable:
+                self._count("unavailable")
+                raise
         granted, active, reaped = False, 0, 0
         async with c.db.transaction() as tx:
             await tx.execute(
@@ -271,17 +284,12 @@ class PlaybackService:
                 f"{_REAP} WHERE account_id = ? AND stopped_at IS NULL AND lease_expires_at <= ?",
                 (account_id, now),
             )
-            row = await tx.fetchone(
-                "SELECT COUNT(*) AS n FROM plays"
-                " WHERE account_id = ? AND stopped_at IS NULL AND lease_expires_at > ?",
-                (account_id, now),
-            )
-            active = int(row["n"]) if row else 0
-            if active < plan.max_streams:
+            active = await self._active_streams(account_id, now, tx)
+            if edges is not None and active < plan.max_streams:
                 await tx.execute(
                     "INSERT INTO plays (id, account_id, profile_id, title_id, episode_id,"
-                    " media_key, device, client_ip, started_at, updated_at, lease_expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " media_key, device, client_ip, started_at, updated_at, lease_expires_at,"
+                    " edges) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         play_id,
                         account_id,
@@ -294,6 +302,7 @@ class PlaybackService:
                         now,
                         now,
                         lease_expires_at,
+                        json.dumps([{"id": e.id, "url": e.url} for e in edges]),
                     ),
                 )
                 granted = True
@@ -312,20 +321,8 @@ class PlaybackService:
                 f"all {plan.max_streams} streams of the plan are in use",
                 {"max_streams": plan.max_streams, "active": active},
             )
+        assert edges is not None  # granted only with edges
 
-        try:
-            edges, fallback = await self._edges(media.media_key, client_ip)
-        except Unavailable:
-            await c.db.execute(
-                "UPDATE plays SET stopped_at = ? WHERE id = ? AND stopped_at IS NULL",
-                (now, play_id),
-            )
-            self._count("unavailable")
-            raise
-        await c.db.execute(
-            "UPDATE plays SET edges = ? WHERE id = ?",
-            (json.dumps([{"id": e.id, "url": e.url} for e in edges]), play_id),
-        )
         resume = await c.library.resume_position(profile.id, media.title_id, media.episode_id or "")
         self._count("steering_fallback" if fallback else "ok")
         log.info(
@@ -374,6 +371,15 @@ class PlaybackService:
             },
             "steering": steering,
         }
+
+    async def _active_streams(self, account_id: str, now: float, tx: Any = None) -> int:
+        """The account's plays holding a stream slot (lease not expired, not stopped)."""
+        row = await (tx or self.control.db).fetchone(
+            "SELECT COUNT(*) AS n FROM plays"
+            " WHERE account_id = ? AND stopped_at IS NULL AND lease_expires_at > ?",
+            (account_id, now),
+        )
+        return int(row["n"]) if row else 0
 
     async def _edges(self, media_key: str, client_ip: str) -> tuple[list[RankedEdge], bool]:
         """(ranked edges, whether they are the fallback URL standing in for steering)."""
