@@ -618,6 +618,17 @@ class CatalogStore:
                 out[tid] = dict(entry.card)
         return out
 
+    def shared_cards(self, title_ids: Iterable[str], max_maturity: int) -> dict[str, Any]:
+        """`summaries` without the copies, for a caller that only serialises the cards (a
+        home page holds dozens): the dicts are the catalog's own and must not be changed."""
+        entries = self._entries
+        out: dict[str, Any] = {}
+        for tid in title_ids:
+            entry = entries.get(tid)
+            if entry is not None and entry.maturity <= max_maturity:
+                out[tid] = entry.card
+        return out
+
     def recommend_titles(self) -> dict[str, RecTitle]:
         return {
             tid: RecTitle(

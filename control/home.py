@@ -37,12 +37,24 @@ import orjson
 
 from . import recommend
 from .catalog import bump_version
+from .library import WatchRow, continue_watching
 from .recommend import Row, Title, Watch
 
 log = logging.getLogger("control")
 
 FALLBACK_TTL_S = 60.0
 _BECAUSE = "Because you watched "
+
+# A profile's home state in one round trip: its stored batch rows (k 'h'), its watch states
+# (k 'w', for Continue Watching) and its thumbs-down titles (k 'r'), one column set for all.
+_STATE_SQL = (
+    "SELECT 'h' AS k, rows AS t, NULL AS e, NULL AS pos, NULL AS dur, NULL AS fin,"
+    " NULL AS cat, NULL AS upd, computed_at AS b FROM home_rows WHERE profile_id = ?"
+    " UNION ALL SELECT 'w', title_id, episode_id, position, duration, finished, client_at,"
+    " updated_at, NULL FROM watch_state WHERE profile_id = ?"
+    " UNION ALL SELECT 'r', title_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    " FROM ratings WHERE profile_id = ? AND rating = -1"
+)
 
 
 def _watch(profile: str, title: str, at: float, position: float, duration: Any, done: Any) -> Watch:
@@ -250,20 +262,17 @@ class HomeStore:
         """{rows, computed_at, source} for the profile (see the module docstring)."""
         c = self.control
         size = c.config.recommend.row_size
-        stored = await c.db.fetchone(
-            "SELECT rows, computed_at FROM home_rows WHERE profile_id = ?", (profile.id,)
-        )
+        stored, live, disliked = await self._profile_state(profile.id)
         base: list[dict[str, Any]]
         if stored is not None:
-            source, computed_at = "batch", float(stored["computed_at"])
-            base = list(orjson.loads(stored["rows"]))
+            source, computed_at = "batch", float(stored["b"])
+            base = list(orjson.loads(stored["t"]))
         else:
             source, computed_at = "fallback", None
             base = [
                 {"name": r.name, "label": r.label, "titles": list(r.titles)}
                 for r in await self._popular(profile.maturity_limit)
             ]
-        live = await c.library.continue_watching(profile.id)
         rows = [{"name": "continue_watching", "label": "Continue Watching", "titles": live}]
         rows += [r for r in base if r.get("name") != "continue_watching"]
         wanted: list[str] = []
@@ -271,8 +280,7 @@ class HomeStore:
             wanted.extend(r["titles"])
             if r.get("anchor"):
                 wanted.append(r["anchor"])
-        cards = await c.catalog.summaries(list(dict.fromkeys(wanted)), profile.maturity_limit)
-        disliked = await c.library.thumbs_down(profile.id)
+        cards = c.catalog.shared_cards(dict.fromkeys(wanted), profile.maturity_limit)
         used: set[str] = set()
         out: list[dict[str, Any]] = []
         for r in rows:
@@ -292,6 +300,26 @@ class HomeStore:
             used.update(picked)
             out.append({"name": r["name"], "label": label, "titles": [cards[t] for t in picked]})
         return {"rows": out, "computed_at": computed_at, "source": source}
+
+    async def _profile_state(
+        self, profile_id: str
+    ) -> tuple[dict[str, Any] | None, list[str], set[str]]:
+        """(the stored batch rows {t: JSON, b: computed_at} or None, Continue Watching, the
+        titles rated thumbs-down) in ONE query: a home page is the commonest request, and on
+        PostgreSQL each round trip costs more than these index lookups do."""
+        rows = await self.control.db.fetchall(_STATE_SQL, (profile_id, profile_id, profile_id))
+        stored: dict[str, Any] | None = None
+        watched: list[WatchRow] = []
+        disliked: set[str] = set()
+        for r in rows:
+            k = r["k"]
+            if k == "h":
+                stored = r
+            elif k == "w":
+                watched.append(WatchRow.of_state(r))
+            else:
+                disliked.add(str(r["t"]))
+        return stored, continue_watching(watched), disliked
 
     async def rows(self, profile: Any) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = (await self.home(profile))["rows"]

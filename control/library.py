@@ -122,6 +122,19 @@ class WatchRow:
             float(r["updated_at"]),
         )
 
+    @classmethod
+    def of_state(cls, r: dict[str, Any]) -> WatchRow:
+        """From a row of home's combined query (its short column names)."""
+        return cls(
+            str(r["t"]),
+            str(r["e"]),
+            float(r["pos"]),
+            None if r["dur"] is None else float(r["dur"]),
+            bool(r["fin"]),
+            float(r["cat"]),
+            float(r["upd"]),
+        )
+
     def key(self) -> tuple[float, float]:
         """Last-writer-wins order: client time, then the larger position."""
         return (self.client_at, self.position)
@@ -148,6 +161,11 @@ def _latest_per_title(rows: list[WatchRow]) -> list[WatchRow]:
         if prev is None or w.key() > prev.key():
             latest[w.title_id] = w
     return sorted(latest.values(), key=lambda w: (-w.client_at, w.title_id))
+
+
+def continue_watching(rows: list[WatchRow]) -> list[str]:
+    """Titles whose latest position is unfinished, most recent first (not filtered)."""
+    return [w.title_id for w in _latest_per_title(rows) if not w.finished]
 
 
 class LibraryStore:
@@ -341,9 +359,7 @@ class LibraryStore:
 
     async def continue_watching(self, profile_id: str) -> list[str]:
         """Titles whose latest position is unfinished, most recent first (not filtered)."""
-        return [
-            w.title_id for w in _latest_per_title(await self._rows(profile_id)) if not w.finished
-        ]
+        return continue_watching(await self._rows(profile_id))
 
     # -- My List -------------------------------------------------------------------------
 
