@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..app import control_of, profile_of, read_body, session_of
 from ..clients import client_address
-from ..errors import NotFound
+from ..errors import ControlError, NotFound
 from ..fields import Fields, page_params
 from ..manifest import HLS_CONTENT_TYPE
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
@@ -59,14 +59,20 @@ def _control_url(request: web.Request) -> str:
 
 @routes.post("/v1/playback")
 async def start_playback(request: web.Request) -> web.Response:
-    s = await session_of(request)
-    f = Fields(await read_body(request))
-    profile_id = _id_field(f, "profile_id")
-    title_id = _id_field(f, "title_id")
-    episode_id = _id_field(f, "episode_id", required=False)
-    device = f.text("device", required=False, max_len=MAX_DEVICE, default="")
-    f.done()
+    # The session and the profile are read in one query, once the body names the profile; a
+    # bad body is answered only after the session is checked (401 before 400, as elsewhere).
+    try:
+        f = Fields(await read_body(request))
+        profile_id = _id_field(f, "profile_id")
+        title_id = _id_field(f, "title_id")
+        episode_id = _id_field(f, "episode_id", required=False)
+        device = f.text("device", required=False, max_len=MAX_DEVICE, default="")
+        f.done()
+    except (ControlError, web.HTTPException):  # 400, 413, 415
+        await session_of(request)
+        raise
     profile = await profile_of(request, profile_id)
+    s = await session_of(request)  # set by profile_of: no query
     answer = await _service(request).authorize(
         s.account_id,
         profile,
