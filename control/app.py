@@ -264,6 +264,12 @@ class AccessLogger(aiohttp.abc.AbstractAccessLogger):
     """One structured line per request; the query string is left out (it may hold search
     terms, nothing secret, but keeps lines short) and no header is logged."""
 
+    @property
+    def enabled(self) -> bool:
+        # Read once per connection by aiohttp: below INFO, log() is not even called (its
+        # arguments, the peer address among them, cost something on every request).
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             "event=request method=%s path=%s status=%d ms=%.1f remote=%s",
