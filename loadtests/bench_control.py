@@ -35,6 +35,10 @@ at the end). Everything listens on 127.0.0.1 and lives in one temporary director
 
    ``signin``          POST /v1/sessions with the real KDF (fewer connections: see below)
    ``search``          GET /v1/search: title words, prefixes, one-typo words, cast names
+   ``search_latency``  the same shapes of query, drawn afresh (none seen before by the server,
+                       so the answer cache does not hide the search), at 4 connections
+                       (``--latency-connections``): the service's latency below saturation,
+                       which the p99 target is read from
    ``home``            GET /v1/profiles/{pid}/home of random profiles
    ``playback_start``  POST /v1/playback, random profile and visible title (409 counted apart)
    ``progress``        POST /v1/playback/{id}/events, progress heartbeats of live plays
@@ -44,7 +48,8 @@ at the end). Everything listens on 127.0.0.1 and lives in one temporary director
 5. ``/metrics`` of every worker (``control_requests_total`` by route and status) is read before
    and after each measured run as a cross-check of wrk's counts;
 6. one table (backend, workers, scenario, req/s, p50, p99, non-2xx, 409) and the targets: the
-   mix at >= 3000 req/s and search p99 < 10 ms. wrk and every service share the machine's cores.
+   mix at >= 3000 req/s and search p99 < 10 ms (from search_latency when it ran). wrk and
+   every service share the machine's cores.
 
 ``--profile SCENARIOS`` adds, after those scenarios' measured runs, a run of the same length with
 py-spy (PyPI: ``pip install py-spy``) sampling the control plane, and prints where its CPU goes
@@ -138,7 +143,7 @@ LADDER = [
      "audio_channels": 2},
 ]  # fmt: skip
 RENDITIONS_JSON = json.dumps(LADDER, separators=(",", ":"))
-SCENARIOS = ("signin", "search", "home", "playback_start", "progress", "mix")
+SCENARIOS = ("signin", "search", "search_latency", "home", "playback_start", "progress", "mix")
 # The mix (see the README): per viewing session a client loads home a few times, types a
 # couple of search queries in a minority of sessions, opens a title's page, starts playback
 # and sends heartbeats.
@@ -147,6 +152,7 @@ MIX = (("home", 40), ("search", 25), ("playback_start", 10), ("progress", 20), (
 ROUTES = {
     "signin": "/v1/sessions",
     "search": "/v1/search",
+    "search_latency": "/v1/search",
     "home": "/v1/profiles/{profile_id}/home",
     "playback_start": "/v1/playback",
     "progress": "/v1/playback/{play_id}/events",
@@ -1101,7 +1107,11 @@ def control_config(ctx: Context, backend: Backend, workers: int, port: int) -> P
 
 
 def connections_for(args: argparse.Namespace, scenario: str) -> int:
-    return int(args.signin_connections if scenario == "signin" else args.connections)
+    if scenario == "signin":
+        return int(args.signin_connections)
+    if scenario == "search_latency":
+        return int(args.latency_connections)
+    return int(args.connections)
 
 
 def run_instance(ctx: Context, backend: Backend, workers: int) -> list[Result]:
@@ -1147,8 +1157,14 @@ def run_instance(ctx: Context, backend: Backend, workers: int) -> list[Result]:
         requests_file = request_file(ctx, scenario, plays, backend, workers)
         r = Result(backend.name, workers, scenario, conns)
         tag = f"{backend.name}_w{workers}_{scenario}"
+        # search_latency warms up on other queries: its own must all be new to the server.
+        warm_file = (
+            request_file(ctx, "search", plays, backend, workers)
+            if scenario == "search_latency"
+            else requests_file
+        )
         warm = run_wrk(
-            ctx.work, requests_file, port, conns, args.warmup, args.seed + next(ctx.seq), pids,
+            ctx.work, warm_file, port, conns, args.warmup, args.seed + next(ctx.seq), pids,
             f"{tag}_warmup",
         )  # fmt: skip
         warm_bad = {k: v for k, v in warm["statuses"].items() if not 200 <= int(k) <= 299}
@@ -1262,6 +1278,11 @@ def request_file(
     if scenario == "progress":
         lines = [progress_line(rng, plays[i % len(plays)], now) for i in range(n)]
         return write_lines(d / f"progress_{backend.name}_w{workers}.tsv", lines)
+    if scenario == "search_latency":
+        # Queries drawn afresh for each run (same shapes and popularity as ``search``), so a
+        # run's first pass through them misses the answer cache as a new query would.
+        lines = [search_line(rng, ctx.ds) for _ in range(n)]
+        return write_lines(d / f"search_latency_{backend.name}_w{workers}.tsv", lines)
     # The mix: progress events cycle over the warm-up plays (each gets one every few
     # seconds); playback starts take accounts from a random sample.
     kinds = rng.choices([k for k, _ in MIX], [w for _, w in MIX], k=n)
@@ -1348,7 +1369,11 @@ def print_table(results: list[Result]) -> None:
 def print_targets(results: list[Result]) -> bool:
     ok = True
     mixes = [r for r in results if r.scenario == "mix"]
-    searches = [r for r in results if r.scenario == "search"]
+    # The latency target is read at a load the service keeps up with (search_latency, a few
+    # connections); at 32 connections on 2 saturated cores, p99 is mostly queueing.
+    searches = [r for r in results if r.scenario == "search_latency"] or [
+        r for r in results if r.scenario == "search"
+    ]
     if mixes:
         print(f"target: mix >= {TARGET_RPS:,.0f} req/s (the seeds' estimate for 1M daily users)")
         for r in mixes:
@@ -1412,6 +1437,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--signin-connections", type=int, default=4, help="wrk connections for signin (4)"
     )
+    ap.add_argument(
+        "--latency-connections",
+        type=int,
+        default=4,
+        help="wrk connections for search_latency (4)",
+    )
     ap.add_argument("--lines", type=int, default=20_000, help="requests per request file")
     ap.add_argument("--batch", type=int, default=5000, help="rows per insert transaction")
     ap.add_argument("--quick", action="store_true", help="2k titles, 10k accounts, 5 s runs")
@@ -1463,7 +1494,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--profile needs py-spy (pip install py-spy; or --py-spy PATH)")
     if args.titles < 100 or args.accounts < 100 or not args.worker_list:
         ap.error("need at least 100 titles and 100 accounts, and a worker count")
-    if min(args.worker_list) < 1 or args.connections < 1 or args.signin_connections < 1:
+    if (
+        min(args.worker_list) < 1
+        or min(args.connections, args.signin_connections, args.latency_connections) < 1
+    ):
         ap.error("workers and connections must be positive")
     return args
 
@@ -1631,7 +1665,7 @@ def main(argv: list[str] | None = None) -> int:
     if not targets_ok:
         print("result: no errors, but a target was missed")
         return 2
-    if not any(r.scenario in ("mix", "search") for r in results):
+    if not any(r.scenario in ("mix", "search", "search_latency") for r in results):
         print("result: no errors (no target measured: they need the mix and search scenarios)")
         return 0
     print("result: no errors, all targets met")
