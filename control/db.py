@@ -28,6 +28,7 @@ that; deployments where it matters run PostgreSQL).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import sqlite3
@@ -156,6 +157,17 @@ _MMAP_BYTES = 1 << 30  # 1 GiB of address space per connection
 _CACHE_KIB = 32 * 1024  # per connection (a worker holds two)
 
 
+class _Batch:
+    """Transactions sharing one COMMIT (SqliteDatabase.transaction)."""
+
+    __slots__ = ("done", "error", "members")
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+        self.error: DatabaseError | None = None
+        self.members = 0
+
+
 class SqliteDatabase:
     dialect = "sqlite"
 
@@ -180,6 +192,12 @@ class SqliteDatabase:
         self._lock = asyncio.Lock()
         self._read = _SqliteTx(self._reader)
         self._write = _SqliteTx(self._writer)
+        self._batch: _Batch | None = None  # the open group commit, see `transaction`
+        self._committer: asyncio.Task[None] | None = None
+        # Counters for tests and benchmarks: transactions committed, and the COMMITs that
+        # carried them (fewer under load: group commit).
+        self.transactions = 0
+        self.commits = 0
 
     def _open(self, synchronous: str, busy_timeout_ms: int) -> sqlite3.Connection:
         try:
@@ -215,15 +233,73 @@ class SqliteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
+        """A write transaction, committed by the time the ``async with`` block is left.
+
+        Group commit: the transactions of one process run one at a time (one writer
+        connection), each inside a SAVEPOINT of a shared BEGIN IMMEDIATE ... COMMIT that stays
+        open for a loop iteration or two, so that the requests under way at the same moment
+        share one commit (a progress heartbeat's transaction cost 334 us alone, 134 us in a
+        group of 16: the commit writes the WAL and takes the file lock other processes wait
+        for). A transaction that raises is rolled back to its savepoint only; the caller is
+        answered after the COMMIT, so nothing is acknowledged before it is durable (a failed
+        COMMIT fails every member)."""
         async with self._lock:
-            await self._begin()
+            batch = self._batch
+            if batch is None:
+                await self._begin()
+                batch = self._batch = _Batch()
+                self._committer = asyncio.get_running_loop().create_task(self._commit_soon(batch))
+            conn = self._writer
+            with _sqlite_errors():
+                conn.execute("SAVEPOINT tx")
             try:
                 yield self._write
             except BaseException:
-                self._writer.execute("ROLLBACK")
+                self._undo(batch)
                 raise
             with _sqlite_errors():
-                self._writer.execute("COMMIT")
+                conn.execute("RELEASE tx")
+            batch.members += 1
+            self.transactions += 1
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    def _undo(self, batch: _Batch) -> None:
+        """Roll back the failed member's savepoint; if SQLite rolled the whole transaction back
+        (it does on some I/O errors), the batch is lost: its members get an error."""
+        conn = self._writer
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK TO tx")
+                conn.execute("RELEASE tx")
+                return
+            except sqlite3.Error:
+                pass
+        self._finish(batch, DatabaseError("sqlite: the transaction was rolled back"))
+
+    async def _commit_soon(self, batch: _Batch) -> None:
+        await asyncio.sleep(0)  # requests under way this iteration join the batch
+        async with self._lock:
+            if self._batch is batch:
+                self._finish(batch, None)
+
+    def _finish(self, batch: _Batch, error: DatabaseError | None) -> None:
+        """COMMIT (or, with ``error``, ROLLBACK) the open batch and wake its members."""
+        self._batch = None
+        conn = self._writer
+        if error is None:
+            try:
+                with _sqlite_errors():
+                    conn.execute("COMMIT")
+                self.commits += 1
+            except DatabaseError as exc:
+                error = exc
+        if error is not None and conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        batch.error = error
+        batch.done.set()
 
     async def _begin(self) -> None:
         """BEGIN IMMEDIATE, waiting for another process's write off the event loop, up to
@@ -247,6 +323,8 @@ class SqliteDatabase:
 
     async def close(self) -> None:
         async with self._lock:
+            if self._batch is not None:
+                self._finish(self._batch, None)
             self._reader.close()
             self._writer.close()
 

@@ -215,3 +215,89 @@ async def test_sqlite_gives_up_on_a_write_lock_held_too_long(tmp_path) -> None:
     finally:
         await one.close()
         await two.close()
+
+
+# -- SQLite group commit ----------------------------------------------------------------------
+
+
+async def _sqlite_t(tmp_path) -> dbmod.SqliteDatabase:
+    d = dbmod.SqliteDatabase(tmp_path / "group.db")
+    await migrate(d, [M1], now=1.0)
+    d.transactions = d.commits = 0
+    return d
+
+
+def _committed_ids(path) -> list[str]:
+    """What another process would read: a fresh connection sees committed rows only."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(r[0] for r in conn.execute("SELECT id FROM t"))
+    finally:
+        conn.close()
+
+
+async def test_sqlite_concurrent_transactions_share_commits(tmp_path) -> None:
+    d = await _sqlite_t(tmp_path)
+    try:
+
+        async def write(i: int) -> None:
+            async with d.transaction() as tx:
+                await tx.execute("INSERT INTO t(id, n) VALUES (?, ?)", (f"r{i:02d}", i))
+            # Acknowledged means committed: another connection sees the row already.
+            assert f"r{i:02d}" in _committed_ids(tmp_path / "group.db")
+
+        await asyncio.gather(*(write(i) for i in range(20)))
+        assert d.transactions == 20
+        assert 1 <= d.commits < 20  # one COMMIT carried several transactions
+        assert _committed_ids(tmp_path / "group.db") == [f"r{i:02d}" for i in range(20)]
+    finally:
+        await d.close()
+
+
+async def test_sqlite_a_failing_member_is_rolled_back_alone(tmp_path) -> None:
+    d = await _sqlite_t(tmp_path)
+    try:
+
+        async def write(i: int) -> None:
+            async with d.transaction() as tx:
+                await tx.execute("INSERT INTO t(id, n) VALUES (?, ?)", (f"r{i}", i))
+                if i == 2:
+                    raise RuntimeError("the handler failed after writing")
+
+        async def duplicate() -> None:
+            async with d.transaction() as tx:
+                await tx.execute("INSERT INTO t(id, n) VALUES ('dup', 0)")
+                await tx.execute("INSERT INTO t(id, n) VALUES ('dup', 1)")
+
+        results = await asyncio.gather(
+            *(write(i) for i in range(5)), duplicate(), return_exceptions=True
+        )
+        assert isinstance(results[2], RuntimeError)
+        assert isinstance(results[5], dbmod.IntegrityError)
+        assert [r for i, r in enumerate(results) if i not in (2, 5)] == [None] * 4
+        # Neither the failed member's row nor the half of 'duplicate' that worked remains.
+        assert _committed_ids(tmp_path / "group.db") == ["r0", "r1", "r3", "r4"]
+        assert d.transactions == 4
+    finally:
+        await d.close()
+
+
+async def test_sqlite_close_commits_an_open_batch(tmp_path) -> None:
+    d = await _sqlite_t(tmp_path)
+    try:
+
+        async def write() -> None:
+            async with d.transaction() as tx:
+                await tx.execute("INSERT INTO t(id) VALUES ('last')")
+
+        member = asyncio.create_task(write())
+        while d.transactions == 0:  # the body ran; its COMMIT has not happened yet
+            await asyncio.sleep(0)
+        assert d.commits == 0
+    finally:
+        await d.close()
+    await asyncio.wait_for(member, 5)
+    assert d.commits == 1
+    assert _committed_ids(tmp_path / "group.db") == ["last"]
