@@ -681,12 +681,23 @@ class CatalogStore:
     # -- playback -------------------------------------------------------------------------
 
     async def media(self, title_id: str, episode_id: str | None) -> Media:
-        db = self.control.db
-        t = await db.fetchone(
-            f"SELECT {_TITLE_COLUMNS} FROM titles WHERE id = ? AND published = 1", (title_id,)
-        )
+        t = await self.published_title(title_id)
         if t is None:
             raise NotFound("no such title")
+        return await self.media_of(t, episode_id)
+
+    async def published_title(self, title_id: str) -> dict[str, Any] | None:
+        """The stored row of a published title (for `media_of`), or None."""
+        row: dict[str, Any] | None = await self.control.db.fetchone(
+            f"SELECT {_TITLE_COLUMNS} FROM titles WHERE id = ? AND published = 1", (title_id,)
+        )
+        return row
+
+    async def media_of(self, t: dict[str, Any], episode_id: str | None) -> Media:
+        """`media` from the title's row (`published_title`): a caller that checked the row's
+        maturity first does not read it twice."""
+        db = self.control.db
+        title_id = str(t["id"])
         if t["kind"] == "series":
             if not episode_id:
                 raise BadRequest(

@@ -155,6 +155,20 @@ _EVENT_META = (
 )
 
 
+# What a playback start reads besides the catalog, in one query: the account's subscription,
+# its streams in use (a read before steering is asked; the transaction re-counts) and the
+# profile's resume position of the title (episode).
+_START_STATE = (
+    "SELECT s.status AS sub_status, s.plan_id AS sub_plan, s.period_end AS sub_end,"
+    " (SELECT COUNT(*) FROM plays WHERE account_id = ? AND stopped_at IS NULL"
+    " AND lease_expires_at > ?) AS active,"
+    " w.position AS position, w.finished AS finished"
+    " FROM (SELECT 1 AS one) AS one"
+    " LEFT JOIN watch_state w ON w.profile_id = ? AND w.title_id = ? AND w.episode_id = ?"
+    " LEFT JOIN subscriptions s ON s.account_id = ?"
+)
+
+
 def _playable_duration(meta: dict[str, Any]) -> float | None:
     """The duration of a play's media from `_EVENT_META`, with CatalogStore.media's rules."""
     if meta["t_kind"] is None or not meta["t_published"]:
@@ -188,20 +202,6 @@ class PlaybackService:
     def _count(self, outcome: str) -> None:
         self.control.metrics.inc("control_playback_starts", outcome)
 
-    async def _check_visible(self, title_id: str, maturity_limit: int) -> None:
-        """404 unless the title is published and within the profile's maturity limit; before
-        anything that would tell a hidden title from a missing one."""
-        row = await self.control.db.fetchone(
-            "SELECT maturity FROM titles WHERE id = ? AND published = 1", (title_id,)
-        )
-        if row is None:
-            self._count("not_found")
-            raise NotFound("no such title")
-        if int(row["maturity"]) > maturity_limit:
-            # Not 403: the catalog hides the title from this profile, so it does not exist here.
-            self._count("maturity")
-            raise NotFound("no such title")
-
     async def authorize(
         self,
         account_id: str,
@@ -222,13 +222,29 @@ class PlaybackService:
             raise Unavailable(
                 "playback is not configured (signing keys, and steering or a fallback URL)"
             )
-        plan = await c.billing.entitlement(account_id)
+        now = float(c.clock())
+        # The subscription, the streams in use and the resume position in one read; the
+        # checks below still run in their order (402, then 404, then 409).
+        state = await c.db.fetchone(
+            _START_STATE,
+            (account_id, now, profile.id, title_id, episode_id or "", account_id),
+        )
+        assert state is not None  # FROM a one-row subquery
+        sub = None if state["sub_status"] is None else _sub_row(state)
+        plan = await c.billing.entitlement_of(account_id, sub)
         if plan is None:
             self._count("no_subscription")
             raise SubscriptionRequired("a subscription is required to play")
-        await self._check_visible(title_id, profile.maturity_limit)
+        t = await c.catalog.published_title(title_id)
+        if t is None:
+            self._count("not_found")
+            raise NotFound("no such title")
+        if int(t["maturity"]) > profile.maturity_limit:
+            # Not 403: the catalog hides the title from this profile, so it does not exist here.
+            self._count("maturity")
+            raise NotFound("no such title")
         try:
-            media = await c.catalog.media(title_id, episode_id)
+            media = await c.catalog.media_of(t, episode_id)
         except NotFound:
             self._count("not_found")
             raise
@@ -247,7 +263,6 @@ class PlaybackService:
             raise NotPlayable("the title has no playable media yet")
         full = covers_ladder(media.renditions, renditions)
 
-        now = float(c.clock())
         expires = int(now + cfg.token_ttl)
         bound = client_ip if cfg.bind_client_ip else None
         play_id = secrets.token_urlsafe(12)
@@ -269,7 +284,7 @@ class PlaybackService:
         # under the account's lock, which is what decides.
         edges: list[RankedEdge] | None = None
         fallback = False
-        if await self._active_streams(account_id, now) < plan.max_streams:
+        if int(state["active"]) < plan.max_streams:
             try:
                 edges, fallback = await self._edges(media.media_key, client_ip)
             except Unavailable:
@@ -323,7 +338,8 @@ class PlaybackService:
             )
         assert edges is not None  # granted only with edges
 
-        resume = await c.library.resume_position(profile.id, media.title_id, media.episode_id or "")
+        # Where to start: 0 when never watched or finished (LibraryStore.resume_position).
+        resume = 0.0 if state["finished"] or state["position"] is None else state["position"]
         self._count("steering_fallback" if fallback else "ok")
         log.info(
             "event=playback_start outcome=ok account=%s play=%s title=%s episode=%s edges=%d"
