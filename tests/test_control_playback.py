@@ -997,6 +997,11 @@ async def test_events_update_the_play_resume_and_history(
     ]
     again = await start(rc, user)
     assert again.body["resume_position"] == 3020.0
+    # Watched to the end (>= 95 %): the next start begins at 0.
+    rc.clock.advance(5)
+    done = await event(rc, user, again.body["play_id"], kind="stop", position=5900.0)
+    assert done.status == 200, done
+    assert (await start(rc, user)).body["resume_position"] == 0
 
 
 async def test_stopping_is_idempotent(start_control: Any, keys_file: Path) -> None:
