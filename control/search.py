@@ -25,6 +25,12 @@ Matching semantics:
 
 Ranking: BM25F-style relevance (per-field length normalisation, field boosts,
 one saturation), then popularity as the tie-break, then id for determinism.
+
+Evaluation: matching is done on bitmaps (one bit per title), so totals cost no per-title
+work; when there are many matches, only those that can still reach the requested page are
+scored (a threshold algorithm over postings kept in tf order). The answers are exactly
+those of scoring every match (tests/search_reference.py keeps that naive search as the
+oracle the tests compare against).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import unicodedata
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import compress
 from typing import TypeVar
 
 __all__ = [
@@ -170,10 +177,11 @@ def _check_finite(popularity: float) -> None:
         raise ValueError(f"popularity must be finite, got {popularity!r}")
 
 
-def _discard(index: dict[_K, set[str]], key: _K, doc_id: str) -> None:
-    ids = index[key]
-    ids.discard(doc_id)
-    if not ids:
+def _unset(index: dict[_K, int], key: _K, bit: int) -> None:
+    bits = index[key] & ~bit
+    if bits:
+        index[key] = bits
+    else:
         del index[key]
 
 
@@ -228,12 +236,72 @@ class _Entry:
 _ROUND_SLACK = 4 * 10.0**-SCORE_DIGITS
 _K1P1 = K1 + 1.0
 
+# A query term's scoring plan: per alternative its vocabulary term, its factor * idf and its
+# posting (doc id -> tf).
+_Alt = tuple[str, float, dict[str, float]]
+
+# Scoring every match costs one posting lookup per match and alternative; past this many
+# matches (plus a few per place of the requested page), the threshold algorithm in
+# ``_top_scores`` scores only the matches that can still reach the page. Measured on
+# loadtests/bench_search.py, the two break even at 100 to 400 matches.
+_TA_MIN_MATCHES = 128
+_TA_MATCHES_PER_PLACE = 4
+# Relative margin on the threshold algorithm's score bound. The bound is computed with the
+# same float expression as the scores, at the largest tf still to come, and a smaller tf can
+# score a few ulps above it (the rounding of ``fi * tf * _K1P1 / (tf + K1)`` is not monotone
+# in tf); summing bounds in another order adds a few ulps per term. 1e-12 covers both by far
+# and is negligible next to ``_ROUND_SLACK``.
+_BOUND_SLACK = 1e-12
+# str.translate table: a bitmap's binary digits to the bytes 0 and 1.
+_DIGIT_BYTES = bytes.maketrans(b"01", b"\x00\x01")
+# A term holding at least 1/_DENSE of the docs keeps its bitmap, so that the common terms
+# and most prefix completions are not mapped again by every query: at most _DENSE / 8
+# bytes per posting (a posting entry costs about 70); 3.5 MB for bench_search's 10k titles.
+_DENSE = 256
+
+
+def _raw_score(plan: list[list[_Alt]], doc_id: str) -> float:
+    """Relevance of a matching doc: per query term its best alternative, summed in order."""
+    total = 0.0
+    for alts in plan:
+        best: float | None = None
+        for _, fi, posting in alts:
+            tf = posting.get(doc_id)
+            if tf is not None:
+                s = fi * tf * _K1P1 / (tf + K1)
+                if best is None or s > best:
+                    best = s
+        if best is not None:
+            total += best
+    return total
+
+
+def _matched(plan: list[list[_Alt]], doc_id: str) -> tuple[str, ...]:
+    """The vocabulary term each query term matched in ``doc_id`` (ties: the smaller term)."""
+    out: list[str] = []
+    for alts in plan:
+        best: float | None = None
+        which = ""
+        for vterm, fi, posting in alts:
+            tf = posting.get(doc_id)
+            if tf is not None:
+                s = fi * tf * _K1P1 / (tf + K1)
+                if best is None or s > best or (s == best and vterm < which):
+                    best, which = s, vterm
+        if best is not None:
+            out.append(which)
+    return tuple(out)
+
 
 class SearchIndex:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         # term -> {doc id: field-weighted tf}
         self._postings: dict[str, dict[str, float]] = {}
+        # term -> its posting's ids in increasing tf order, for the top-k scoring; sorted by
+        # the first query that needs it (about 6 ms for 10k ids on the bench VM, 8 bytes per
+        # posting), then kept up to date by add/remove.
+        self._ranked: dict[str, list[str]] = {}
         # term -> {maturity: number of docs}: lets df and "is it in the
         # vocabulary?" be answered for the visible subset without a scan.
         self._term_levels: dict[str, dict[int, int]] = {}
@@ -241,17 +309,26 @@ class SearchIndex:
         # deletion variant -> vocabulary terms (lists: most variants map to one
         # term and a one-element list is far smaller than a set).
         self._deletes: dict[str, list[str]] = {}
-        # maturity -> number of docs (visible corpus size for idf)
-        self._level_docs: dict[int, int] = {}
         # title-only index for autocomplete
         self._title_postings: dict[str, set[str]] = {}
         self._title_vocab: list[str] = []
-        # Flat per-doc keys and filter indexes, so the query path never has to
-        # call a predicate per posting.
         self._maturity: dict[str, int] = {}
-        self._by_genre: dict[str, set[str]] = {}
-        self._by_kind: dict[str, set[str]] = {}
-        self._by_year: dict[int | None, set[str]] = {}
+        # Matching runs on bitmaps: Python ints with one bit per doc, at the doc's slot.
+        # Intersecting or uniting two costs microseconds where sets of ids cost about a
+        # microsecond per element, and ``int.bit_count`` counts the matches. Slots of
+        # removed docs are reused, so bitmaps are as long as the largest catalogue yet.
+        self._slot: dict[str, int] = {}
+        self._slot_ids: list[str] = []  # slot -> doc id ("" while free)
+        self._free_slots: list[int] = []  # a heap
+        # Bitmaps of the terms holding at least 1/_DENSE of the docs (most of what a
+        # query unites and intersects); a smaller posting is mapped per query.
+        self._term_bits: dict[str, int] = {}
+        # maturity -> bitmap (visible corpus for idf and matching), and the filter
+        # indexes as bitmaps, so the query path never has to test a doc.
+        self._level_docs: dict[int, int] = {}
+        self._by_genre: dict[str, int] = {}
+        self._by_kind: dict[str, int] = {}
+        self._by_year: dict[int | None, int] = {}
 
     # ------------------------------------------------------------------ updates
 
@@ -287,12 +364,23 @@ class SearchIndex:
         )
         self._entries[doc.id] = entry
         self._maturity[doc.id] = doc.maturity
+        if self._free_slots:
+            # The lowest free slot: bitmaps stay as short as the catalogue allows.
+            slot = heapq.heappop(self._free_slots)
+            self._slot_ids[slot] = doc.id
+        else:
+            slot = len(self._slot_ids)
+            self._slot_ids.append(doc.id)
+        self._slot[doc.id] = slot
+        bit = 1 << slot
         for g in entry.genres:
-            self._by_genre.setdefault(g, set()).add(doc.id)
-        self._by_kind.setdefault(doc.kind, set()).add(doc.id)
-        self._by_year.setdefault(doc.year, set()).add(doc.id)
+            self._by_genre[g] = self._by_genre.get(g, 0) | bit
+        self._by_kind[doc.kind] = self._by_kind.get(doc.kind, 0) | bit
+        self._by_year[doc.year] = self._by_year.get(doc.year, 0) | bit
         m = doc.maturity
-        self._level_docs[m] = self._level_docs.get(m, 0) + 1
+        self._level_docs[m] = self._level_docs.get(m, 0) | bit
+        n_slots = len(self._slot_ids)
+        term_bits = self._term_bits
         for term, w in tf.items():
             posting = self._postings.get(term)
             if posting is None:
@@ -302,6 +390,18 @@ class SearchIndex:
             posting[doc.id] = w
             levels = self._term_levels[term]
             levels[m] = levels.get(m, 0) + 1
+            ranked = self._ranked.get(term)
+            if ranked is not None:
+                insort(ranked, doc.id, key=posting.__getitem__)
+            bits = term_bits.get(term)
+            if bits is None:
+                if len(posting) * _DENSE >= n_slots:
+                    term_bits[term] = self._bitmap(posting)
+            elif len(posting) * 2 * _DENSE < n_slots:
+                # Hysteresis (2x): a term near the threshold is not rebuilt again and again.
+                del term_bits[term]
+            else:
+                term_bits[term] = bits | bit
         for term in title_terms:
             ids = self._title_postings.get(term)
             if ids is None:
@@ -315,23 +415,38 @@ class SearchIndex:
         if entry is None:
             return
         del self._maturity[doc_id]
+        slot = self._slot.pop(doc_id)
+        self._slot_ids[slot] = ""
+        heapq.heappush(self._free_slots, slot)
+        bit = 1 << slot
         for g in entry.genres:
-            _discard(self._by_genre, g, doc_id)
-        _discard(self._by_kind, entry.doc.kind, doc_id)
-        _discard(self._by_year, entry.doc.year, doc_id)
+            _unset(self._by_genre, g, bit)
+        _unset(self._by_kind, entry.doc.kind, bit)
+        _unset(self._by_year, entry.doc.year, bit)
         m = entry.doc.maturity
-        self._level_docs[m] -= 1
-        if not self._level_docs[m]:
-            del self._level_docs[m]
+        _unset(self._level_docs, m, bit)
+        n_slots = len(self._slot_ids)
         for term in entry.terms:
             posting = self._postings[term]
+            ranked = self._ranked.get(term)
+            if ranked is not None:
+                # The doc sits in the run of its tf: find the run, then the doc in it.
+                i = bisect_left(ranked, posting[doc_id], key=posting.__getitem__)
+                del ranked[ranked.index(doc_id, i)]
             del posting[doc_id]
             levels = self._term_levels[term]
             levels[m] -= 1
             if not levels[m]:
                 del levels[m]
+            bits = self._term_bits.get(term)
+            if bits is not None:
+                if len(posting) * 2 * _DENSE < n_slots:
+                    del self._term_bits[term]
+                else:
+                    self._term_bits[term] = bits & ~bit
             if not posting:
                 del self._postings[term], self._term_levels[term]
+                self._ranked.pop(term, None)
                 self._vocab_remove(term)
         for term in entry.title_terms:
             ids = self._title_postings[term]
@@ -357,6 +472,31 @@ class SearchIndex:
             terms.remove(term)
             if not terms:
                 del self._deletes[variant]
+
+    # ------------------------------------------------------------ bitmaps
+
+    def _bitmap(self, ids: Iterable[str]) -> int:
+        slot = self._slot
+        buf = bytearray((len(self._slot_ids) + 7) >> 3)
+        for d in ids:
+            i = slot[d]
+            buf[i >> 3] |= 1 << (i & 7)
+        return int.from_bytes(buf, "little")
+
+    def _ids(self, bits: int) -> list[str]:
+        """The doc ids of a bitmap, in slot order."""
+        ids = self._slot_ids
+        flags = bin(bits)[:1:-1]  # bit i at index i; str.find skips zeros at C speed
+        out: list[str] = []
+        i = flags.find("1")
+        while i >= 0:
+            out.append(ids[i])
+            i = flags.find("1", i + 1)
+        return out
+
+    def _term_bitmap(self, term: str) -> int:
+        bits = self._term_bits.get(term)
+        return self._bitmap(self._postings[term]) if bits is None else bits
 
     # ------------------------------------------------------------ visibility
 
@@ -435,36 +575,28 @@ class SearchIndex:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
         genre_key = normalize(genre).strip() if genre is not None else None
 
-        # Admissible documents: either every visible doc (``allowed is None``,
-        # checked by maturity only when something is actually hidden) or an
-        # explicit set built from the filter indexes.
-        maturity = self._maturity
-        check_maturity = bool(self._level_docs) and max(self._level_docs) > max_maturity
-        allowed: set[str] | None = None
-        if genre_key is not None or kind is not None or year is not None:
-            empty: set[str] = set()
-            parts: list[set[str]] = []
-            if genre_key is not None:
-                parts.append(self._by_genre.get(genre_key, empty))
-            if kind is not None:
-                parts.append(self._by_kind.get(kind, empty))
-            if year is not None:
-                parts.append(self._by_year.get(year, empty))
-            parts.sort(key=len)
-            allowed = parts[0].intersection(*parts[1:])
-            if check_maturity:
-                allowed = {d for d in allowed if maturity[d] <= max_maturity}
-            check_maturity = False
+        # Admissible documents: every doc (``admissible is None``, nothing hidden and no
+        # filter) or a bitmap: the visible docs, narrowed by the filters.
+        admissible: int | None = None
+        if self._level_docs and max(self._level_docs) > max_maturity:
+            admissible = 0
+            for m, bits in self._level_docs.items():
+                if m <= max_maturity:
+                    admissible |= bits
+        filters: list[int] = []
+        if genre_key is not None:
+            filters.append(self._by_genre.get(genre_key, 0))
+        if kind is not None:
+            filters.append(self._by_kind.get(kind, 0))
+        if year is not None:
+            filters.append(self._by_year.get(year, 0))
+        for bits in filters:
+            admissible = bits if admissible is None else admissible & bits
 
         entries = self._entries
         terms = list(dict.fromkeys(tokenize(query)))  # dedupe, keep order
         if not terms:
-            if allowed is not None:
-                pool: Iterable[str] = allowed
-            elif check_maturity:
-                pool = [d for d, m in maturity.items() if m <= max_maturity]
-            else:
-                pool = entries
+            pool: Iterable[str] = entries if admissible is None else self._ids(admissible)
             browse = [(-entries[d].popularity, d) for d in pool]
             first = heapq.nsmallest(offset + limit, browse)
             return Page(
@@ -474,72 +606,28 @@ class SearchIndex:
                 limit=limit,
             )
 
-        n_docs = sum(n for m, n in self._level_docs.items() if m <= max_maturity)
-
-        # Per query term: doc -> best score, and the matched vocabulary term
-        # (a str when every doc matched the same one, else doc -> term).
-        scores: list[dict[str, float]] = []
-        vterms: list[str | dict[str, str]] = []
+        n_docs = sum(bits.bit_count() for m, bits in self._level_docs.items() if m <= max_maturity)
+        plan: list[list[_Alt]] = []
         for i, term in enumerate(terms):
-            best: dict[str, float] = {}
-            which: str | dict[str, str] = ""
+            alts: list[_Alt] = []
             for vterm, factor in self._alternatives(term, i == len(terms) - 1, max_maturity):
                 df = self._visible_df(vterm, max_maturity)
                 idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
                 # Same evaluation order as factor * idf * tf * (K1 + 1) / (tf + K1).
-                fi = factor * idf
-                posting = self._postings[vterm]
-                if allowed is not None:
-                    sc = {
-                        d: fi * tf * _K1P1 / (tf + K1) for d, tf in posting.items() if d in allowed
-                    }
-                elif check_maturity:
-                    sc = {
-                        d: fi * tf * _K1P1 / (tf + K1)
-                        for d, tf in posting.items()
-                        if maturity[d] <= max_maturity
-                    }
-                else:
-                    sc = {d: fi * tf * _K1P1 / (tf + K1) for d, tf in posting.items()}
-                if not sc:
-                    continue
-                if not best:
-                    best, which = sc, vterm
-                    continue
-                if isinstance(which, str):
-                    which = dict.fromkeys(best, which)
-                for d, s in sc.items():
-                    cur = best.get(d)
-                    if cur is None or s > cur or (s == cur and vterm < which[d]):
-                        best[d] = s
-                        which[d] = vterm
-            scores.append(best)
-            vterms.append(which)
+                alts.append((vterm, factor * idf, self._postings[vterm]))
+            plan.append(alts)
 
-        # Unrounded relevance of every match, summed in query-term order.
-        raw: dict[str, float]
-        if len(scores) == 1:
-            raw = scores[0]
-        else:
-            by_size = sorted(scores, key=len)
-            matches: set[str] = set(by_size[0]).intersection(*by_size[1:])
-            if not matches:
-                # OR fallback (see module docstring).
-                matches = set().union(*scores)
-            if len(scores) == 2:
-                a, b = scores
-                raw = {d: a.get(d, 0.0) + b.get(d, 0.0) for d in matches}
-            else:
-                raw = {}
-                for d in matches:
-                    total = 0.0
-                    for sc in scores:
-                        part = sc.get(d)
-                        if part is not None:
-                            total += part
-                    raw[d] = total
-
+        # The matches come from bitmap operations alone; then only they are scored (or,
+        # when there are many, only those that can still reach the page).
+        matches = self._matches(plan, admissible)
+        total = matches.bit_count()
         n = offset + limit
+        raw: dict[str, float]
+        if total > _TA_MIN_MATCHES + _TA_MATCHES_PER_PLACE * n:
+            raw = self._top_scores(plan, matches, total, n)
+        else:
+            raw = {d: _raw_score(plan, d) for d in self._ids(matches)}
+
         if n < len(raw):
             # Only documents whose score can round to at least the k-th best
             # one can make the page; round and rank just those.
@@ -550,14 +638,102 @@ class SearchIndex:
             cands = list(raw.items())
         ranked = [(-round(s, SCORE_DIGITS), -entries[d].popularity, d) for d, s in cands]
         top = heapq.nsmallest(n, ranked)
-        hits: list[Hit] = []
-        for neg_score, _, d in top[offset:]:
-            matched: list[str] = []
-            for sc, which in zip(scores, vterms, strict=True):
-                if d in sc:
-                    matched.append(which if isinstance(which, str) else which[d])
-            hits.append(Hit(d, -neg_score, tuple(matched)))
-        return Page(hits=hits, total=len(raw), offset=offset, limit=limit)
+        hits = [Hit(d, -neg_score, _matched(plan, d)) for neg_score, _, d in top[offset:]]
+        return Page(hits=hits, total=total, offset=offset, limit=limit)
+
+    def _matches(self, plan: list[list[_Alt]], admissible: int | None) -> int:
+        """Bitmap of the admissible docs matching every query term, or any if none does."""
+        held: list[int] = []
+        for alts in plan:
+            bits = 0
+            for vterm, _, _ in alts:
+                bits |= self._term_bitmap(vterm)
+            held.append(bits if admissible is None else bits & admissible)
+        found = held[0]
+        for bits in held[1:]:
+            found &= bits
+        if not found:
+            # OR fallback (see module docstring).
+            for bits in held:
+                found |= bits
+        return found
+
+    def _by_tf(self, term: str) -> list[str]:
+        """The ids of ``term``'s posting in increasing tf order."""
+        ranked = self._ranked.get(term)
+        if ranked is None:
+            posting = self._postings[term]
+            ranked = self._ranked[term] = sorted(posting, key=posting.__getitem__)
+        return ranked
+
+    def _top_scores(
+        self, plan: list[list[_Alt]], matches: int, total: int, n: int
+    ) -> dict[str, float]:
+        """Scores of a subset of ``matches`` that holds every match that can make the top ``n``.
+
+        Fagin's threshold algorithm: per query term, a stream of its matching docs in
+        (nearly) decreasing score, merging its alternatives' postings by tf; each new doc
+        is scored in full. A doc not seen yet scores at most the sum of the streams' next scores, so
+        once that bound is below the floor under the n-th best score seen (the same floor
+        as ``search`` uses to cut the candidates), no unseen doc can reach the page, and the
+        n-th best seen score is the n-th best overall.
+        """
+        # A byte per slot, 1 for a match: lets the streams skip non-matching docs at C speed
+        # (``compress`` over the ids, selecting by ``is_match(slot_of(id))``).
+        is_match = (
+            format(matches, f"0{len(self._slot_ids)}b")[::-1]
+            .encode("ascii")
+            .translate(_DIGIT_BYTES)
+            .__getitem__
+        )
+        slot_of = self._slot.__getitem__
+        # Per term a heap of (-score of the alternative's next match, alternative, that
+        # match, the alternative's further matches in decreasing tf order).
+        streams: list[list[tuple[float, int, str, Iterator[str]]]] = []
+        for alts in plan:
+            heap: list[tuple[float, int, str, Iterator[str]]] = []
+            for j, (vterm, fi, posting) in enumerate(alts):
+                ranked = self._by_tf(vterm)
+                rest: Iterator[str] = compress(
+                    reversed(ranked), map(is_match, map(slot_of, reversed(ranked)))
+                )
+                d = next(rest, None)
+                if d is not None:
+                    tf = posting[d]
+                    heap.append((-(fi * tf * _K1P1 / (tf + K1)), j, d, rest))
+            heapq.heapify(heap)
+            streams.append(heap)
+        # Per term the score of its stream's next match (0 once exhausted): the bound.
+        tops = [-heap[0][0] if heap else 0.0 for heap in streams]
+        raw: dict[str, float] = {}
+        best: list[float] = []  # min-heap of the n highest scores seen
+        floor = -math.inf  # until n docs are seen
+        while len(raw) < total:
+            # Advance the stream with the highest next score: it lowers the bound the most.
+            t = tops.index(max(tops)) if len(tops) > 1 else 0
+            heap = streams[t]
+            if not heap:
+                break  # unreachable: every match is in some stream
+            _, j, d, rest = heap[0]
+            nxt = next(rest, None)
+            if nxt is None:
+                heapq.heappop(heap)
+            else:
+                _, fi, posting = plan[t][j]
+                tf = posting[nxt]
+                heapq.heapreplace(heap, (-(fi * tf * _K1P1 / (tf + K1)), j, nxt, rest))
+            tops[t] = -heap[0][0] if heap else 0.0
+            if d not in raw:
+                s = raw[d] = _raw_score(plan, d)
+                if len(best) < n:
+                    heapq.heappush(best, s)
+                elif s > best[0]:
+                    heapq.heapreplace(best, s)
+                if len(best) == n:
+                    floor = best[0] - _ROUND_SLACK * max(1.0, abs(best[0]))
+            if sum(tops) * (1.0 + _BOUND_SLACK) < floor:
+                break
+        return raw
 
     # ------------------------------------------------------------ autocomplete
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from control import search as search_module
 from control.search import (
     Doc,
     Page,
@@ -16,6 +21,8 @@ from control.search import (
     normalize,
     tokenize,
 )
+
+from .search_reference import reference_search
 
 CATALOG = [
     Doc(
@@ -350,6 +357,8 @@ def test_remove_everything_leaves_empty_index() -> None:
     assert len(idx) == 0
     assert idx._postings == {} and idx._deletes == {} and idx._vocab == []
     assert idx._title_vocab == [] and idx._level_docs == {} and idx._term_levels == {}
+    assert idx._term_bits == {} and idx._ranked == {} and idx._slot == {}
+    assert idx._by_genre == {} and idx._by_kind == {} and idx._by_year == {}
     assert idx.search("stranger").total == 0
 
 
@@ -396,20 +405,18 @@ def test_invalid_doc(kwargs: dict[str, object]) -> None:
 WORDS = ["alpha", "alpine", "bravo", "brave", "charlie", "charles", "delta", "echo", "ecco"]
 LEVELS = [0, 7, 13, 16, 18]
 
-docs_st = st.lists(
-    st.builds(
-        Doc,
-        id=st.sampled_from([f"t{i}" for i in range(12)]),
-        title=st.lists(st.sampled_from(WORDS), min_size=1, max_size=3).map(" ".join),
-        synopsis=st.lists(st.sampled_from(WORDS), max_size=4).map(" ".join),
-        genres=st.lists(st.sampled_from(["Drama", "Comedy"]), max_size=2).map(tuple),
-        year=st.sampled_from([None, 2000, 2001]),
-        kind=st.sampled_from(["movie", "series"]),
-        maturity=st.sampled_from(LEVELS),
-        popularity=st.sampled_from([0.0, 1.0, 2.0]),
-    ),
-    max_size=12,
+doc_st = st.builds(
+    Doc,
+    id=st.sampled_from([f"t{i}" for i in range(12)]),
+    title=st.lists(st.sampled_from(WORDS), min_size=1, max_size=3).map(" ".join),
+    synopsis=st.lists(st.sampled_from(WORDS), max_size=4).map(" ".join),
+    genres=st.lists(st.sampled_from(["Drama", "Comedy"]), max_size=2).map(tuple),
+    year=st.sampled_from([None, 2000, 2001]),
+    kind=st.sampled_from(["movie", "series"]),
+    maturity=st.sampled_from(LEVELS),
+    popularity=st.sampled_from([0.0, 1.0, 2.0]),
 )
+docs_st = st.lists(doc_st, max_size=12)
 query_st = st.lists(
     st.sampled_from([*WORDS, "alpah", "chralie", "ech", "al", "br", "zulu"]), max_size=3
 ).map(" ".join)
@@ -480,3 +487,230 @@ def test_typo_correction_never_goes_beyond_its_distance(title, query):
     index = SearchIndex()
     index.add(Doc(id="t", title=title))
     assert index.search(query).total == 0  # too far from the only word: no crash, no hit
+
+
+# ------------------------------------------------- equivalence with the naive oracle
+#
+# ``search`` matches on bitmaps and scores only the matches that can reach the page (the
+# threshold algorithm past ``_TA_MIN_MATCHES`` matches); tests/search_reference.py is the
+# score-everything search it replaced. Every answer must be identical: ids, float scores,
+# matched terms, totals. Each check runs twice, once with the thresholds as shipped (small
+# catalogues then score every match) and once with the threshold algorithm forced.
+
+
+@contextmanager
+def top_k_always() -> Iterator[None]:
+    with (
+        mock.patch.object(search_module, "_TA_MIN_MATCHES", 0),
+        mock.patch.object(search_module, "_TA_MATCHES_PER_PLACE", 0),
+    ):
+        yield
+
+
+def assert_same_as_reference(idx: SearchIndex, query: str, **kwargs: object) -> Page:
+    want = reference_search(idx, query, **kwargs)  # type: ignore[arg-type]
+    got = idx.search(query, **kwargs)  # type: ignore[arg-type]
+    assert got == want, (query, kwargs)
+    with top_k_always():
+        assert idx.search(query, **kwargs) == want, (query, kwargs)  # type: ignore[arg-type]
+    return got
+
+
+def assert_consistent(idx: SearchIndex) -> None:
+    """The derived structures (bitmaps, tf orders, slots) agree with the postings."""
+    slot = idx._slot
+    assert {d: s for s, d in enumerate(idx._slot_ids) if d} == slot
+    assert sorted(idx._free_slots) == [s for s, d in enumerate(idx._slot_ids) if not d]
+
+    def bits(ids: Iterable[str]) -> int:
+        return sum(1 << slot[d] for d in ids)
+
+    for term, ranked in idx._ranked.items():
+        posting = idx._postings[term]
+        assert sorted(ranked) == sorted(posting)
+        assert [posting[d] for d in ranked] == sorted(posting.values())
+    for term, term_bits in idx._term_bits.items():
+        assert term_bits == bits(idx._postings[term])
+    for m in {e.doc.maturity for e in idx._entries.values()}:
+        assert idx._level_docs[m] == bits(d for d, e in idx._entries.items() if e.doc.maturity == m)
+    assert len(idx._level_docs) == len({e.doc.maturity for e in idx._entries.values()})
+    for g, g_bits in idx._by_genre.items():
+        assert g_bits == bits(d for d, e in idx._entries.items() if g in e.genres)
+
+
+filters_st = st.fixed_dictionaries(
+    {},
+    optional={
+        "genre": st.sampled_from(["drama", "Comedy", "horror"]),
+        "kind": st.sampled_from(["movie", "series"]),
+        "year": st.sampled_from([2000, 2001, 1999]),
+    },
+)
+
+
+@settings(
+    max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    docs=docs_st,
+    queries=st.lists(query_st, min_size=1, max_size=4),
+    level=st.sampled_from([*LEVELS, 3, 17]),
+    filters=filters_st,
+    offset=st.sampled_from([0, 0, 1, 3, 10]),
+    limit=st.sampled_from([1, 2, 3, 20]),
+)
+def test_search_equals_reference(
+    docs: list[Doc],
+    queries: list[str],
+    level: int,
+    filters: dict[str, object],
+    offset: int,
+    limit: int,
+) -> None:
+    idx = build(docs)
+    for q in queries:
+        assert_same_as_reference(idx, q, max_maturity=level, offset=offset, limit=limit, **filters)
+        assert_same_as_reference(idx, q, max_maturity=level, limit=100)
+
+
+op_st = st.one_of(
+    st.tuples(st.just("add"), doc_st),
+    st.tuples(st.just("remove"), st.sampled_from([f"t{i}" for i in range(12)])),
+    st.tuples(
+        st.just("popularity"),
+        st.tuples(st.sampled_from([f"t{i}" for i in range(12)]), st.sampled_from([0.0, 1.0, 5.0])),
+    ),
+    st.tuples(st.just("search"), query_st),
+)
+
+
+@settings(
+    max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(docs=docs_st, ops=st.lists(op_st, max_size=20), level=st.sampled_from(LEVELS))
+def test_incremental_updates_equal_reference(
+    docs: list[Doc], ops: list[tuple[str, object]], level: int
+) -> None:
+    # Queries between the updates build the tf orders and bitmaps the updates must then
+    # maintain; the final answers are compared with the oracle and with a fresh index.
+    idx = build(docs)
+    for op, arg in ops:
+        if op == "add":
+            assert isinstance(arg, Doc)
+            idx.add(arg)
+        elif op == "remove":
+            assert isinstance(arg, str)
+            idx.remove(arg)
+        elif op == "popularity":
+            doc_id, popularity = arg  # type: ignore[misc]
+            if doc_id in idx:
+                idx.set_popularity(doc_id, popularity)
+        else:
+            assert isinstance(arg, str)
+            with top_k_always():
+                idx.search(arg, max_maturity=level)
+            assert_same_as_reference(idx, arg, max_maturity=level, limit=3)
+        assert_consistent(idx)
+    fresh = build([e.doc for e in idx._entries.values()])
+    for d, e in idx._entries.items():
+        fresh.set_popularity(d, e.popularity)
+    for q in ["alpha", "alpah brave", "ch", "echo zulu", "al"]:
+        page = assert_same_as_reference(idx, q, max_maturity=level, limit=100)
+        assert page == fresh.search(q, max_maturity=level, limit=100)
+
+
+def zipf_catalog(n: int, seed: int) -> list[Doc]:
+    # A small vocabulary with Zipf frequencies: postings hold most of the catalogue, many
+    # documents share a tf (so scores tie exactly) and popularity has few values (so the
+    # tie-break decides whole pages).
+    rng = random.Random(seed)
+    vocab = [
+        "night", "nightfall", "nightly", "nights", "star", "stars", "starling", "storm",
+        "stone", "river", "rivers", "rover", "dark", "darker", "dawn", "dance", "city",
+        "cities", "love", "lover", "lost", "last", "blood", "bloom", "ghost", "ghosts",
+        "king", "kings", "kingdom", "queen", "winter", "winters", "summer", "summit",
+        "fire", "fires", "wire", "iron", "irony", "echo",
+    ]  # fmt: skip
+    weights = [1.0 / (i + 1) for i in range(len(vocab))]
+
+    def words(k: int) -> str:
+        return " ".join(rng.choices(vocab, weights=weights, k=k))
+
+    return [
+        Doc(
+            id=f"z{i:03d}",
+            title=words(rng.randint(1, 3)),
+            synopsis=words(rng.choice([0, 5, 10, 20])),
+            cast=tuple(words(2) for _ in range(rng.randint(0, 2))),
+            genres=tuple(rng.sample(["Drama", "Comedy", "Horror"], rng.randint(0, 2))),
+            year=rng.choice([None, 1999, 2000, 2001]),
+            kind=rng.choice(["movie", "series"]),
+            maturity=rng.choice(LEVELS),
+            popularity=float(rng.randint(0, 3)),
+        )
+        for i in range(n)
+    ]
+
+
+ZIPF_QUERIES = [
+    "night",
+    "ni",
+    "nigh",
+    "night star",
+    "star night",
+    "night star storm",
+    "stars river dark",
+    "nightt",  # typo of several words
+    "kingdon",
+    "wintre summer",
+    "storm ghost fire king",
+    "lost love ci",
+    "echo zzzz",  # OR fallback: one term matches nothing
+    "summit irony wire",  # rare words: AND likely empty, OR fallback
+    "the night",
+    "st",
+    "dawn dance da",
+    "qqqq",
+]
+
+
+def test_zipf_catalog_equals_reference() -> None:
+    idx = build(zipf_catalog(300, seed=5))
+    shapes: list[dict[str, object]] = [
+        {},
+        {"max_maturity": 0},
+        {"max_maturity": 13},
+        {"max_maturity": 16, "genre": "drama"},
+        {"kind": "series", "year": 2000},
+        {"offset": 20, "limit": 20},
+        {"offset": 7, "limit": 3},
+        {"offset": 250, "limit": 100},
+        {"limit": 100},
+        {"limit": 1},
+    ]
+    for q in ZIPF_QUERIES:
+        for kwargs in shapes:
+            assert_same_as_reference(idx, q, **kwargs)
+    # Popularity changes reorder ties without any reindexing.
+    for i in range(0, 300, 3):
+        idx.set_popularity(f"z{i:03d}", float(i % 5))
+    # Removals and re-additions keep the maintained structures right.
+    for i in range(0, 300, 7):
+        idx.remove(f"z{i:03d}")
+    for doc in zipf_catalog(40, seed=6):
+        idx.add(doc)
+    assert_consistent(idx)
+    for q in ZIPF_QUERIES:
+        for kwargs in shapes[:6]:
+            assert_same_as_reference(idx, q, **kwargs)
+
+
+def test_top_k_keeps_scores_that_round_to_the_kth() -> None:
+    # Two scores a hair apart round to the same value, so popularity decides between them:
+    # the threshold algorithm must not stop as soon as the higher one fills the page.
+    idx = build([Doc("a", "Heat", popularity=1.0), Doc("b", "Heat", popularity=5.0)])
+    idx._postings["heat"]["a"] *= 1.0 + 1e-10
+    want = reference_search(idx, "heat", limit=1)
+    assert ids(want) == ["b"]
+    with top_k_always():
+        assert idx.search("heat", limit=1) == want
