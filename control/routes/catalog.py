@@ -17,7 +17,7 @@ from aiohttp import web
 
 from ..app import admin_of, control_of, profile_of, read_body, session_of
 from ..catalog import MEDIA_KEY_RE, SLUG_RE, CatalogStore, check_artwork
-from ..errors import NotFound, Unavailable
+from ..errors import ControlError, NotFound, Unavailable
 from ..feed import FeedError
 from ..fields import Fields, page, page_params, query_fields
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
@@ -98,12 +98,17 @@ async def details(request: web.Request) -> web.Response:
 
 @routes.get("/v1/search")
 async def search(request: web.Request) -> web.Response:
-    await session_of(request)
-    f = page_params(request.query)
-    pid = _profile_id(f)
-    q = f.text("q", required=False, min_len=0, max_len=MAX_QUERY, default="")
-    filters = _filters(f)
-    f.done()
+    # The session and the profile in one query once the query string names the profile; a
+    # bad query string is answered only after the session is checked (401 before 400).
+    try:
+        f = page_params(request.query)
+        pid = _profile_id(f)
+        q = f.text("q", required=False, min_len=0, max_len=MAX_QUERY, default="")
+        filters = _filters(f)
+        f.done()
+    except ControlError:
+        await session_of(request)
+        raise
     profile = await profile_of(request, pid)
     control_of(request).metrics.inc("control_search_requests", "search")
     offset, limit = f.offset, f.limit  # type: ignore[attr-defined]
