@@ -246,10 +246,7 @@ class _Entry:
     released_at: float
     popularity: float
     doc: Doc
-
-    @property
-    def maturity(self) -> int:
-        return int(self.card["maturity"])
+    maturity: int  # the card's, read on every card a page shows
 
 
 def _signature(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -289,6 +286,7 @@ def _entry(row: Mapping[str, Any], popularity: float) -> _Entry:
         released_at=float(row["released_at"]),
         popularity=popularity,
         doc=doc,
+        maturity=maturity,
     )
 
 
