@@ -1202,6 +1202,22 @@ async def test_bad_input_is_400(start_control: Any, keys_file: Path) -> None:
     assert row["position"] == 0 and row["stopped_at"] is None and row["errors"] == 0
     assert (await rc.api.post("/v1/playback", json={})).status == 401
     assert (await rc.api.get("/v1/playback")).status == 401
+    # A heartbeat reads its session with its play: no session is 401 whatever the body, the
+    # play id or the content type; a signed-out session too; another account's play is 404.
+    for path, raw in [
+        (f"/v1/playback/{play}/events", b'{"kind": "progress", "position": 1, "client_at": 1}'),
+        (f"/v1/playback/{play}/events", b"[]"),
+        ("/v1/playback/no-such-play!/events", b"{}"),
+    ]:
+        r = await rc.api.post(path, data=raw, headers={"Content-Type": "application/json"})
+        assert r.status == 401, (path, raw, r)
+    other = await rc.subscriber("standard")
+    e = await event(rc, other, play, kind="progress", position=1.0)
+    assert e.status == 404, e
+    signed_out = await another_session(rc, user, "old phone")
+    assert (await rc.api.delete("/v1/sessions/current", token=signed_out.token)).status == 204
+    e = await event(rc, signed_out, play, kind="progress", position=1.0)
+    assert e.status == 401, e
     assert (await rc.api.get("/v1/playback", params={"limit": "0"}, token=user.token)).status == 400
 
 

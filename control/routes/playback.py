@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..app import control_of, profile_of, read_body, session_of
+from ..app import bearer_token, control_of, profile_of, read_body, session_of
 from ..clients import client_address
 from ..errors import ControlError, NotFound
 from ..fields import Fields, page_params
@@ -96,18 +96,25 @@ async def live_streams(request: web.Request) -> web.Response:
 
 @routes.post("/v1/playback/{play_id}/events")
 async def playback_event(request: web.Request) -> web.Response:
-    s = await session_of(request)
-    play_id = _play_id(request)
-    f = Fields(await read_body(request))
-    kind = f.choice("kind", EVENT_KINDS)
-    needs_position = kind in ("progress", "stop")
-    position = f.number("position", lo=0, hi=MAX_POSITION, required=needs_position)
-    client_at = f.number("client_at", lo=MIN_CLIENT_AT, hi=MAX_CLIENT_AT, required=needs_position)
-    nbytes = f.integer("bytes", lo=0, hi=MAX_BYTES_DELTA, required=False, default=0)
-    error = f.text("error", required=False, min_len=0, max_len=MAX_ERROR_CHARS, default="")
-    f.done()
-    result = await _service(request).event(
-        s.account_id,
+    # The session is read with the play in one query; a bad request is answered only after
+    # the session is checked (401 before 400, 413, 415).
+    try:
+        play_id = _play_id(request)
+        f = Fields(await read_body(request))
+        kind = f.choice("kind", EVENT_KINDS)
+        needs_position = kind in ("progress", "stop")
+        position = f.number("position", lo=0, hi=MAX_POSITION, required=needs_position)
+        client_at = f.number(
+            "client_at", lo=MIN_CLIENT_AT, hi=MAX_CLIENT_AT, required=needs_position
+        )
+        nbytes = f.integer("bytes", lo=0, hi=MAX_BYTES_DELTA, required=False, default=0)
+        error = f.text("error", required=False, min_len=0, max_len=MAX_ERROR_CHARS, default="")
+        f.done()
+    except (ControlError, web.HTTPException):
+        await session_of(request)
+        raise
+    result = await _service(request).event_by_token(
+        bearer_token(request),
         play_id,
         kind,
         position=position,
