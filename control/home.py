@@ -45,14 +45,16 @@ log = logging.getLogger("control")
 FALLBACK_TTL_S = 60.0
 _BECAUSE = "Because you watched "
 
-# A profile's home state in one round trip: its stored batch rows (k 'h'), its watch states
-# (k 'w', for Continue Watching) and its thumbs-down titles (k 'r'), one column set for all.
+# A profile's home state in one round trip: its watch states (k 'w', for Continue Watching, in
+# the columns WatchRow.of reads), its thumbs-down titles (k 'r') and its stored batch rows (k
+# 'h': the rows' JSON in title_id, computed_at in position), one column set for all.
 _STATE_SQL = (
-    "SELECT 'h' AS k, rows AS t, NULL AS e, NULL AS pos, NULL AS dur, NULL AS fin,"
-    " NULL AS cat, NULL AS upd, computed_at AS b FROM home_rows WHERE profile_id = ?"
+    "SELECT 'h' AS k, rows AS title_id, NULL AS episode_id, computed_at AS position,"
+    " NULL AS duration, NULL AS finished, NULL AS client_at, NULL AS updated_at"
+    " FROM home_rows WHERE profile_id = ?"
     " UNION ALL SELECT 'w', title_id, episode_id, position, duration, finished, client_at,"
-    " updated_at, NULL FROM watch_state WHERE profile_id = ?"
-    " UNION ALL SELECT 'r', title_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    " updated_at FROM watch_state WHERE profile_id = ?"
+    " UNION ALL SELECT 'r', title_id, NULL, NULL, NULL, NULL, NULL, NULL"
     " FROM ratings WHERE profile_id = ? AND rating = -1"
 )
 
@@ -265,8 +267,8 @@ class HomeStore:
         stored, live, disliked = await self._profile_state(profile.id)
         base: list[dict[str, Any]]
         if stored is not None:
-            source, computed_at = "batch", float(stored["b"])
-            base = list(orjson.loads(stored["t"]))
+            source, computed_at = "batch", float(stored["position"])
+            base = list(orjson.loads(stored["title_id"]))
         else:
             source, computed_at = "fallback", None
             base = [
@@ -304,9 +306,9 @@ class HomeStore:
     async def _profile_state(
         self, profile_id: str
     ) -> tuple[dict[str, Any] | None, list[str], set[str]]:
-        """(the stored batch rows {t: JSON, b: computed_at} or None, Continue Watching, the
-        titles rated thumbs-down) in ONE query: a home page is the commonest request, and on
-        PostgreSQL each round trip costs more than these index lookups do."""
+        """(the stored batch rows {title_id: JSON, position: computed_at} or None, Continue
+        Watching, the titles rated thumbs-down) in ONE query: a home page is the commonest
+        request, and on PostgreSQL each round trip costs more than these index lookups do."""
         rows = await self.control.db.fetchall(_STATE_SQL, (profile_id, profile_id, profile_id))
         stored: dict[str, Any] | None = None
         watched: list[WatchRow] = []
@@ -316,9 +318,9 @@ class HomeStore:
             if k == "h":
                 stored = r
             elif k == "w":
-                watched.append(WatchRow.of_state(r))
+                watched.append(WatchRow.of(r))
             else:
-                disliked.add(str(r["t"]))
+                disliked.add(str(r["title_id"]))
         return stored, continue_watching(watched), disliked
 
     async def rows(self, profile: Any) -> list[dict[str, Any]]:

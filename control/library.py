@@ -122,19 +122,6 @@ class WatchRow:
             float(r["updated_at"]),
         )
 
-    @classmethod
-    def of_state(cls, r: dict[str, Any]) -> WatchRow:
-        """From a row of home's combined query (its short column names)."""
-        return cls(
-            str(r["t"]),
-            str(r["e"]),
-            float(r["pos"]),
-            None if r["dur"] is None else float(r["dur"]),
-            bool(r["fin"]),
-            float(r["cat"]),
-            float(r["upd"]),
-        )
-
     def key(self) -> tuple[float, float]:
         """Last-writer-wins order: client time, then the larger position."""
         return (self.client_at, self.position)
