@@ -247,7 +247,7 @@ class SqliteDatabase:
             if batch is None:
                 await self._begin()
                 batch = self._batch = _Batch()
-                self._committer = asyncio.get_running_loop().create_task(self._commit_soon(batch))
+                self._start_committer(batch)
             conn = self._writer
             with _sqlite_errors():
                 conn.execute("SAVEPOINT tx")
@@ -256,8 +256,12 @@ class SqliteDatabase:
             except BaseException:
                 self._undo(batch)
                 raise
-            with _sqlite_errors():
-                conn.execute("RELEASE tx")
+            try:
+                with _sqlite_errors():
+                    conn.execute("RELEASE tx")
+            except DatabaseError:
+                self._undo(batch)
+                raise
             batch.members += 1
             self.transactions += 1
         await batch.done.wait()
@@ -284,6 +288,21 @@ class SqliteDatabase:
         async with self._lock:
             if self._batch is batch:
                 self._finish(batch, None)
+
+    def _start_committer(self, batch: _Batch) -> None:
+        task = asyncio.get_running_loop().create_task(self._commit_soon(batch))
+        task.add_done_callback(functools.partial(self._committer_done, batch))
+        self._committer = task
+
+    def _committer_done(self, batch: _Batch, task: asyncio.Task[None]) -> None:
+        """A committer cancelled before it committed (a shutdown cancelling tasks before
+        close(), perhaps before the task even started) must not strand its batch's members."""
+        if self._batch is not batch:
+            return
+        if self._lock.locked():  # a transaction body is under way: commit after it
+            self._start_committer(batch)
+        else:
+            self._finish(batch, None)
 
     def _finish(self, batch: _Batch, error: DatabaseError | None) -> None:
         """COMMIT (or, with ``error``, ROLLBACK) the open batch and wake its members."""

@@ -197,7 +197,7 @@ def _playable_duration(meta: dict[str, Any]) -> float | None:
         if meta["episode_id"] or not meta["t_key"]:
             return None
         value = meta["t_duration"]
-    return None if value is None else float(value)
+    return float(value) if value else None  # 0 is unknown, as in _duration: never clamp to it
 
 
 def _sub_row(meta: dict[str, Any]) -> dict[str, Any]:

@@ -301,3 +301,24 @@ async def test_sqlite_close_commits_an_open_batch(tmp_path) -> None:
     await asyncio.wait_for(member, 5)
     assert d.commits == 1
     assert _committed_ids(tmp_path / "group.db") == ["last"]
+
+
+async def test_sqlite_a_cancelled_committer_does_not_strand_its_batch(tmp_path) -> None:
+    """A shutdown may cancel the committing task before close(): its members still finish."""
+    d = await _sqlite_t(tmp_path)
+    try:
+
+        async def write(i: int) -> None:
+            async with d.transaction() as tx:
+                await tx.execute("INSERT INTO t(id) VALUES (?)", (f"r{i}",))
+
+        members = [asyncio.create_task(write(i)) for i in range(3)]
+        while d.transactions < 3:
+            await asyncio.sleep(0)
+        assert d._committer is not None
+        d._committer.cancel()
+        await asyncio.wait_for(asyncio.gather(*members), 5)
+        assert d.commits == 1
+        assert _committed_ids(tmp_path / "group.db") == ["r0", "r1", "r2"]
+    finally:
+        await d.close()

@@ -1004,6 +1004,19 @@ async def test_events_update_the_play_resume_and_history(
     assert (await start(rc, user)).body["resume_position"] == 0
 
 
+async def test_an_unknown_duration_of_zero_does_not_clamp_positions(
+    start_control: Any, keys_file: Path
+) -> None:
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
+    await add_title(rc, duration=0.0)
+    user = await rc.subscriber("standard")
+    play = (await start(rc, user)).body["play_id"]
+    rc.clock.advance(20)
+    e = await event(rc, user, play, kind="progress", position=15.0)
+    assert e.status == 200 and e.body["position"] == 15.0, e
+    assert (await play_row(rc, play))["position"] == 15.0
+
+
 async def test_stopping_is_idempotent(start_control: Any, keys_file: Path) -> None:
     rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
     await add_title(rc)
