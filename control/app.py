@@ -396,6 +396,8 @@ async def running(c: Control, *, background: bool = True) -> AsyncIterator[Contr
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         c.tasks.clear()
+        if c.playback is not None:
+            c.playback.close()
         await c.http.close()
         await c.db.close()
 

@@ -102,7 +102,7 @@ from .manifest import (
     url_prefix,
     valid_media_key,
 )
-from .steer import SteeringFailed, ranked_edges
+from .steer import SteeringClient, SteeringFailed
 
 log = logging.getLogger("control")
 
@@ -212,6 +212,12 @@ def _sub_row(meta: dict[str, Any]) -> dict[str, Any]:
 class PlaybackService:
     def __init__(self, control: Any) -> None:
         self.control = control
+        # Kept-alive connections to steering, made on first use (control/steer.py).
+        self._steering: SteeringClient | None = None
+
+    def close(self) -> None:
+        if self._steering is not None:
+            self._steering.close()
 
     # -- start ----------------------------------------------------------------------------
 
@@ -420,9 +426,9 @@ class PlaybackService:
         if cfg.steering_url is None:
             return [fallback_edge(cfg.fallback_url)], False
         try:
-            edges = await ranked_edges(
-                c.http, cfg.steering_url, media_key, client_ip, cfg.steering_timeout
-            )
+            if self._steering is None:
+                self._steering = SteeringClient(cfg.steering_url, cfg.steering_timeout)
+            edges = await self._steering.ranked_edges(media_key, client_ip)
         except SteeringFailed as exc:
             c.metrics.inc("control_steering_requests", exc.outcome)
             log.warning(
