@@ -247,6 +247,9 @@ class _Entry:
     popularity: float
     doc: Doc
     maturity: int  # the card's, read on every card a page shows
+    # The card encoded once: a home page writes dozens of cards, and encoding them on every
+    # request was a tenth of its time (orjson inserts a Fragment's bytes as they are).
+    fragment: orjson.Fragment
 
 
 def _signature(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -287,6 +290,7 @@ def _entry(row: Mapping[str, Any], popularity: float) -> _Entry:
         popularity=popularity,
         doc=doc,
         maturity=maturity,
+        fragment=orjson.Fragment(dumps(card)),
     )
 
 
@@ -623,15 +627,17 @@ class CatalogStore:
                 out[tid] = dict(entry.card)
         return out
 
-    def shared_cards(self, title_ids: Iterable[str], max_maturity: int) -> dict[str, Any]:
-        """`summaries` without the copies, for a caller that only serialises the cards (a
-        home page holds dozens): the dicts are the catalog's own and must not be changed."""
+    def encoded_cards(
+        self, title_ids: Iterable[str], max_maturity: int
+    ) -> dict[str, tuple[str, orjson.Fragment]]:
+        """For a caller that only serialises the cards (a home page holds dozens): per
+        visible title, (its name, its card already encoded as JSON)."""
         entries = self._entries
-        out: dict[str, Any] = {}
+        out: dict[str, tuple[str, orjson.Fragment]] = {}
         for tid in title_ids:
             entry = entries.get(tid)
             if entry is not None and entry.maturity <= max_maturity:
-                out[tid] = entry.card
+                out[tid] = (entry.card["name"], entry.fragment)
         return out
 
     def recommend_titles(self) -> dict[str, RecTitle]:

@@ -39,6 +39,7 @@ from . import recommend
 from .catalog import bump_version
 from .library import WatchRow, continue_watching
 from .recommend import Row, Title, Watch
+from .responses import dumps
 
 log = logging.getLogger("control")
 
@@ -261,7 +262,8 @@ class HomeStore:
         return popular
 
     async def home(self, profile: Any) -> dict[str, Any]:
-        """{rows, computed_at, source} for the profile (see the module docstring)."""
+        """{rows, computed_at, source} for the profile (see the module docstring); the cards are
+        encoded JSON (orjson Fragments), for `respond`."""
         c = self.control
         size = c.config.recommend.row_size
         stored, live, disliked = await self._profile_state(profile.id)
@@ -282,7 +284,7 @@ class HomeStore:
             wanted.extend(r["titles"])
             if r.get("anchor"):
                 wanted.append(r["anchor"])
-        cards = c.catalog.shared_cards(dict.fromkeys(wanted), profile.maturity_limit)
+        cards = c.catalog.encoded_cards(dict.fromkeys(wanted), profile.maturity_limit)
         used: set[str] = set()
         out: list[dict[str, Any]] = []
         for r in rows:
@@ -291,7 +293,7 @@ class HomeStore:
             if anchor:
                 if anchor not in cards:
                     continue  # the label would name a title the profile may not see
-                label = _BECAUSE + str(cards[anchor]["name"])
+                label = _BECAUSE + str(cards[anchor][0])
             picked = [
                 t
                 for t in dict.fromkeys(r["titles"])
@@ -300,7 +302,7 @@ class HomeStore:
             if not picked:
                 continue
             used.update(picked)
-            out.append({"name": r["name"], "label": label, "titles": [cards[t] for t in picked]})
+            out.append({"name": r["name"], "label": label, "titles": [cards[t][1] for t in picked]})
         return {"rows": out, "computed_at": computed_at, "source": source}
 
     async def _profile_state(
@@ -324,5 +326,6 @@ class HomeStore:
         return stored, continue_watching(watched), disliked
 
     async def rows(self, profile: Any) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = (await self.home(profile))["rows"]
+        # The cards are encoded JSON (orjson Fragments): decoded here for Python callers.
+        rows: list[dict[str, Any]] = orjson.loads(dumps(await self.home(profile)))["rows"]
         return rows
