@@ -26,9 +26,11 @@ whether or not it has an account, so a refusal there reveals nothing either.
 ``create_account`` (the CLI's create-admin, run by an operator) says plainly that the address
 is taken, and its errors read well on their own (no "invalid body: " prefix).
 
-Rate limits are token buckets in this process (control.auth.RateLimiter, clock =
-``control.clock``); with several instances each keeps its own, so the effective limit is the
-configured one times the instances. ``rate_limits.enabled: false`` turns them off. The client
+Rate limits are token buckets (control.auth.take_token, clock = ``control.clock``) kept in the
+database (table rate_buckets), so every worker and instance draws on the same ones. A bucket
+this process alone has emptied (control.auth.RateLimiter) refuses without a database write: a
+flood from one address costs the database nothing. ``rate_limits.enabled: false`` turns them
+off. The client
 address keying the per-address ones is control.clients.client_address: the TCP peer, or,
 when that is a ``trusted_proxies`` reverse proxy, the client it names in X-Forwarded-For.
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import re
 import secrets
@@ -59,6 +62,7 @@ from .errors import BadRequest, Conflict, NotFound, TooManyRequests, Unauthorize
 from .fields import clean_text
 
 log = logging.getLogger("control")
+PRUNE_INTERVAL = 60.0  # seconds between deletions of idle rate-limit buckets
 
 ROLES = ("user", "admin")
 KIDS_MATURITY = 7
@@ -243,20 +247,74 @@ class AccountStore:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, auth.verify_password, password, encoded)
 
-    def check_rate(self, limit: str, key: str, counter: str | None = None) -> None:
-        """Take a token from limiter ``limit`` for ``key``; 429 with Retry-After when empty."""
+    async def check_rate(self, limit: str, key: str, counter: str | None = None) -> None:
+        """Take a token from limit ``limit``'s bucket for ``key``; 429 with Retry-After when
+        it is empty. The local bucket goes first: it counts only this process's requests, so
+        when it is empty the shared one (which counts them too) is empty as well."""
         if not self.limits_enabled:
             return
         limiter = self.limiters[limit]
         if limiter.allow(key):
+            allowed, retry_after = await self._take_shared(limit, key)
+        else:
+            allowed, retry_after = False, limiter.retry_after(key)
+        if allowed:
             return
         m = self.control.metrics
         m.inc("control_rate_limited", limit)
         if counter is not None:
             m.inc(counter, "rate_limited")
         log.info("event=rate_limited limit=%s", limit)
-        raise TooManyRequests(
-            "too many attempts; retry later", retry_after=limiter.retry_after(key)
+        raise TooManyRequests("too many attempts; retry later", retry_after=retry_after)
+
+    async def _take_shared(self, limit: str, key: str) -> tuple[bool, float]:
+        """(allowed, seconds until a token is back) from the shared bucket of (limit, key)."""
+        rule = getattr(self.control.config.rate_limits, limit)
+        bucket = hashlib.sha256(f"{limit}\0{key}".encode()).hexdigest()
+        now = self._now()
+        async with self.db.transaction() as tx:
+            # The upsert takes the row's lock first (PostgreSQL), so instances taking from one
+            # bucket at once take turns instead of both spending the same token; SQLite has one
+            # writer at a time anyway. A new bucket starts full.
+            await tx.execute(
+                "INSERT INTO rate_buckets (id, tokens, updated_at, full_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET id = excluded.id",
+                (bucket, float(rule.burst), now, now),
+            )
+            row = await tx.fetchone(
+                "SELECT tokens, updated_at FROM rate_buckets WHERE id = ?", (bucket,)
+            )
+            assert row is not None
+            last = float(row["updated_at"])
+            allowed, tokens, retry_after = auth.take_token(
+                (float(row["tokens"]), last), now, rate=rule.rate, burst=rule.burst
+            )
+            # max(): an instance whose clock is behind must not rewind the bucket's time (that
+            # would refill it twice).
+            at = max(now, last)
+            await tx.execute(
+                "UPDATE rate_buckets SET tokens = ?, updated_at = ?, full_at = ? WHERE id = ?",
+                (tokens, at, at + (rule.burst - tokens) / rule.rate, bucket),
+            )
+        return allowed, retry_after
+
+    def start(self) -> None:
+        if self.limits_enabled:
+            self.control.spawn(self._prune_loop(), "rate_bucket_prune")
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL)
+            try:
+                await self.prune_rate_buckets()
+            except Exception as exc:  # a database hiccup: try again next time
+                log.warning("event=rate_bucket_prune_failed error=%r", str(exc)[:200])
+
+    async def prune_rate_buckets(self) -> int:
+        """Delete the buckets idle long enough to be full again: a missing bucket is a full
+        one, so no answer changes."""
+        return int(
+            await self.db.execute("DELETE FROM rate_buckets WHERE full_at <= ?", (self._now(),))
         )
 
     @staticmethod
@@ -365,10 +423,10 @@ class AccountStore:
         except BadRequest:
             m.inc("control_signups", "invalid")
             raise
-        self.check_rate("signup_per_address", remote, "control_signups")
+        await self.check_rate("signup_per_address", remote, "control_signups")
         # Per e-mail too, whether or not it has an account (so a refusal reveals nothing):
         # bounds probing one address for an account from many client addresses.
-        self.check_rate("signup_per_account", address, "control_signups")
+        await self.check_rate("signup_per_account", address, "control_signups")
         try:
             encoded = await self._hash(password)
         except BadRequest:
@@ -395,8 +453,8 @@ class AccountStore:
         """Sign-in: a new session; one 401 for an unknown address and a wrong password."""
         m = self.control.metrics
         address = normalize_email(email)
-        self.check_rate("signin_per_address", remote, "control_signins")
-        self.check_rate("signin_per_account", address, "control_signins")
+        await self.check_rate("signin_per_address", remote, "control_signins")
+        await self.check_rate("signin_per_account", address, "control_signins")
         row = await self.db.fetchone(
             "SELECT id, email, role, created_at, password_hash FROM accounts WHERE email = ?",
             (address,),
@@ -509,7 +567,7 @@ class AccountStore:
         """Replace the password; every other session of the account ends, this one stays.
         The current password is checked under the per-account sign-in limit (a stolen session
         must not become a password-guessing oracle)."""
-        self.check_rate("signin_per_account", session.email)
+        await self.check_rate("signin_per_account", session.email)
         row = await self.db.fetchone(
             "SELECT password_hash FROM accounts WHERE id = ?", (session.account_id,)
         )

@@ -12,7 +12,9 @@
   verifies the password against :data:`DUMMY_HASH` (so both paths pay for one scrypt) and returns
   the same error as for a wrong password.
 * :class:`RateLimiter` is a token bucket per key; callers keep one per axis (e.g. keyed by client
-  address and keyed by normalised e-mail) for sign-in and for sign-up.
+  address and keyed by normalised e-mail) for sign-in and for sign-up. :func:`take_token` is
+  the bucket's arithmetic alone, for buckets kept elsewhere (the control plane's shared ones,
+  in its database).
 
 Everything here is pure: no I/O, and time is an injected clock, so the tests need no sleeping.
 """
@@ -40,6 +42,7 @@ __all__ = [
     "needs_rehash",
     "new_session_token",
     "normalize_email",
+    "take_token",
     "token_digest",
     "verify_password",
 ]
@@ -277,6 +280,19 @@ def normalize_email(email: str) -> str:
     return address
 
 
+def take_token(
+    state: tuple[float, float] | None, now: float, *, rate: float, burst: float
+) -> tuple[bool, float, float]:
+    """One request against a token bucket holding ``state`` = (tokens, last update), None for
+    a key never seen (a full bucket): (allowed, tokens left, seconds until a token is back,
+    0.0 when allowed). The bucket refills at ``rate`` per second up to ``burst``; a clock that
+    steps backwards refills nothing (it must not drain a bucket either)."""
+    tokens = burst if state is None else min(burst, state[0] + max(0.0, now - state[1]) * rate)
+    if tokens >= 1.0:
+        return True, tokens - 1.0, 0.0
+    return False, tokens, (1.0 - tokens) / rate
+
+
 class RateLimiter:
     """A token bucket per key: up to ``burst`` requests at once, refilled at ``rate`` per second.
 
@@ -311,14 +327,6 @@ class RateLimiter:
         """How many keys currently hold state (for tests and metrics)."""
         return len(self._buckets)
 
-    def _tokens(self, key: str, now: float) -> float:
-        state = self._buckets.get(key)
-        if state is None:
-            return self._burst
-        tokens, last = state
-        # max(0, ...): a clock that steps backwards must not drain buckets.
-        return min(self._burst, tokens + max(0.0, now - last) * self._rate)
-
     def _prune(self, now: float) -> None:
         while self._buckets:
             _, last = next(iter(self._buckets.values()))
@@ -330,10 +338,9 @@ class RateLimiter:
         """Take one token for ``key`` if there is one; False means reject (HTTP 429)."""
         now = self._clock()
         self._prune(now)
-        tokens = self._tokens(key, now)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
+        allowed, tokens, _ = take_token(
+            self._buckets.get(key), now, rate=self._rate, burst=self._burst
+        )
         if key in self._buckets:
             self._buckets.move_to_end(key)
         elif len(self._buckets) >= self._max_keys:
@@ -344,7 +351,5 @@ class RateLimiter:
     def retry_after(self, key: str) -> float:
         """Seconds until ``allow(key)`` would succeed (0.0 if it would now), for ``Retry-After``.
         Read-only: asking does not consume or refresh anything."""
-        tokens = self._tokens(key, self._clock())
-        if tokens >= 1.0:
-            return 0.0
-        return (1.0 - tokens) / self._rate
+        state = self._buckets.get(key)
+        return take_token(state, self._clock(), rate=self._rate, burst=self._burst)[2]

@@ -196,9 +196,23 @@ V4 = """
 ALTER TABLE invoices ADD COLUMN kind TEXT NOT NULL DEFAULT 'period'
 """
 
+# Accounts (control/accounts.py): the sign-in and sign-up rate limits' token buckets, shared by
+# every worker and instance. One row per (limit, key), named by a SHA-256 digest so that no
+# client address or e-mail is kept; a row idle long enough to be full again is deleted.
+V5 = """
+CREATE TABLE rate_buckets (
+    id TEXT PRIMARY KEY,                    -- SHA-256 of limit name and key
+    tokens DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    full_at DOUBLE PRECISION NOT NULL       -- when it is full again if left alone
+);
+CREATE INDEX rate_buckets_full ON rate_buckets(full_at)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "plays: ranked edges of the session", V2),
     Migration(3, "episodes: availability from the origin feed", V3),
     Migration(4, "invoices: kind (period or upgrade)", V4),
+    Migration(5, "rate_buckets: rate limits shared by instances", V5),
 )

@@ -875,3 +875,61 @@ async def test_session_is_checked_before_the_profile_in_one_query(start_control:
     assert r.status == 401 and r.body["error"]["code"] == "unauthorized"
     rc.clock.advance(rc.config.sessions.ttl + 1)
     assert (await rc.api.get(path, token=b.token)).status == 401
+
+
+async def test_rate_limits_are_shared_by_instances_of_one_database(start_control: Any) -> None:
+    """Two instances (or workers) on one database draw on the same buckets: the configured
+    limit holds for the service, not per process."""
+    from tests.control_support import FakeClock
+
+    clock = FakeClock()
+    limits = {"signin_per_account": {"rate": 0.1, "burst": 3}}
+    a = await start_control(clock=clock, rate_limits=limits)
+    b = await start_control(clock=clock, rate_limits=limits)
+    user = await a.signup()
+    bad = {"email": user.email, "password": "wrong password"}
+    statuses = [(await rc.api.post("/v1/sessions", json=bad)).status for rc in (a, b, a, b, a)]
+    assert statuses == [401, 401, 401, 429, 429]
+    # Both refusals come from the shared bucket: each instance's own still had tokens.
+    assert b.counter("control_rate_limited", "signin_per_account") == 1
+    assert a.counter("control_rate_limited", "signin_per_account") == 1
+    clock.advance(10)  # one token back, for whichever instance asks first
+    r = await b.api.post("/v1/sessions", json={**bad, "password": PASSWORD})
+    assert r.status == 201, r
+    assert (await a.api.post("/v1/sessions", json=bad)).status == 429
+    # The database keeps digests, never the address.
+    rows = await a.control.db.fetchall("SELECT id FROM rate_buckets")
+    assert rows and all(user.email not in r["id"] for r in rows)
+
+
+async def test_idle_rate_buckets_are_pruned_without_changing_answers(
+    start_control: Any,
+) -> None:
+    limits = {
+        "signin_per_account": {"rate": 0.1, "burst": 2},  # full again after 20 s idle
+        "signin_per_address": {"rate": 1, "burst": 10},
+    }
+    rc = await start_control(rate_limits=limits)
+    user = await rc.signup()
+    bad = {"email": user.email, "password": "wrong password"}
+    for _ in range(2):
+        assert (await rc.api.post("/v1/sessions", json=bad)).status == 401
+    accounts = rc.control.accounts
+    count = "SELECT COUNT(*) AS n FROM rate_buckets"
+    before = (await rc.control.db.fetchone(count))["n"]
+    assert before == 4  # sign-up: address and e-mail; sign-in: address and account
+    assert await accounts.prune_rate_buckets() == 0  # every bucket is short of tokens
+    # Full again after: sign-up per address 0.01 s (1 of 1000 taken, 100/s), sign-in per
+    # address 2 s (2 of 10, 1/s), sign-in per account 20 s (2 of 2, 0.1/s), sign-up per
+    # e-mail 100 s (1 of 3, 0.01/s).
+    rc.clock.advance(2)
+    assert await accounts.prune_rate_buckets() == 2
+    rc.clock.advance(17.9)
+    assert await accounts.prune_rate_buckets() == 0
+    rc.clock.advance(0.1)
+    assert await accounts.prune_rate_buckets() == 1
+    assert (await rc.control.db.fetchone(count))["n"] == 1
+    # A pruned bucket answers as the full one it was.
+    assert (await rc.api.post("/v1/sessions", json=bad)).status == 401
+    assert (await rc.api.post("/v1/sessions", json=bad)).status == 401
+    assert (await rc.api.post("/v1/sessions", json=bad)).status == 429

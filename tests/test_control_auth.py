@@ -21,6 +21,7 @@ from control.auth import (
     needs_rehash,
     new_session_token,
     normalize_email,
+    take_token,
     token_digest,
     verify_password,
 )
@@ -412,3 +413,30 @@ def test_limiter_rejects_bad_config(kwargs: dict[str, float]) -> None:
             clock=FakeClock(),
             max_keys=int(args["max_keys"]),
         )
+
+
+@pytest.mark.parametrize(
+    ("state", "now", "rate", "burst", "expected"),
+    [
+        # A key never seen: a full bucket.
+        (None, 100.0, 1.0, 3, (True, 2.0, 0.0)),
+        (None, 100.0, 0.1, 1, (True, 0.0, 0.0)),
+        # Refilled by the time elapsed, up to the burst.
+        ((0.0, 100.0), 100.5, 1.0, 3, (False, 0.5, 0.5)),
+        ((0.0, 100.0), 101.0, 1.0, 3, (True, 0.0, 0.0)),
+        ((2.5, 100.0), 200.0, 1.0, 3, (True, 2.0, 0.0)),
+        ((0.0, 100.0), 100.0, 0.25, 2, (False, 0.0, 4.0)),
+        # A clock that stepped backwards refills nothing and drains nothing.
+        ((0.5, 100.0), 90.0, 1.0, 3, (False, 0.5, 0.5)),
+        ((1.5, 100.0), 90.0, 1.0, 3, (True, 0.5, 0.0)),
+    ],
+)
+def test_take_token(
+    state: tuple[float, float] | None,
+    now: float,
+    rate: float,
+    burst: int,
+    expected: tuple[bool, float, float],
+) -> None:
+    allowed, tokens, retry = take_token(state, now, rate=rate, burst=burst)
+    assert (allowed, pytest.approx(tokens), pytest.approx(retry)) == expected
