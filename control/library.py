@@ -46,7 +46,9 @@ class ListFull(Conflict):
 
 # One statement for both resume writes (PUT /resume and playback events): the row is written
 # unless a later client_at (or, at the same client_at, a larger position) is stored already
-# (latest client timestamp wins across devices). INSERT ... SELECT from profiles, so a profile
+# (latest client timestamp wins across devices), or the title was deleted from the profile's
+# history after ``not_before`` (see `LibraryStore.delete_history`). INSERT ... SELECT from
+# profiles, so a profile
 # deleted meanwhile writes nothing instead of failing a foreign key (a playback event writes
 # inside its play's transaction, which must not abort for that). The CASTs type the
 # parameters for PostgreSQL, which would otherwise read an untyped SELECT-list value as text.
@@ -55,7 +57,9 @@ _UPSERT_POSITION = (
     " finished, client_at, updated_at)"
     " SELECT id, ?, ?, CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION),"
     " CAST(? AS INTEGER), CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION)"
-    " FROM profiles WHERE id = ?"
+    " FROM profiles WHERE id = ? AND NOT EXISTS (SELECT 1 FROM history_deletions d"
+    " WHERE d.profile_id = profiles.id AND d.title_id = ?"
+    " AND d.deleted_at >= CAST(? AS DOUBLE PRECISION))"
     " ON CONFLICT (profile_id, title_id, episode_id) DO UPDATE SET"
     " position = excluded.position, duration = excluded.duration,"
     " finished = excluded.finished, client_at = excluded.client_at,"
@@ -76,10 +80,13 @@ async def upsert_position(
     client_at: float,
     now: float,
     finished: bool | None = None,
+    not_before: float | None = None,
 ) -> int:
     """Write a resume position through ``tx`` (a transaction or the database); the number of
-    rows written (0: a later write is stored, or the profile is gone). A position past a known
-    duration is clamped to it; ``finished`` defaults to position >= 95 % of the duration."""
+    rows written (0: a later write is stored, the title was deleted from the profile's history
+    at or after ``not_before`` (default: ``client_at``), or the profile is gone). A position
+    past a known duration is clamped to it; ``finished`` defaults to position >= 95 % of the
+    duration."""
     if duration is not None and duration > 0:
         position = min(position, duration)
     if finished is None:
@@ -95,6 +102,8 @@ async def upsert_position(
             float(client_at),
             float(now),
             profile_id,
+            title_id,
+            float(client_at if not_before is None else not_before),
         ),
     )
     return n
@@ -336,11 +345,24 @@ class LibraryStore:
 
     async def delete_history(self, profile_id: str, title_id: str) -> int:
         """Forget every position of the title (hides it from history, Continue Watching and
-        the next batch's recommendations). Idempotent; the number of rows removed."""
-        n = await self.control.db.execute(
-            "DELETE FROM watch_state WHERE profile_id = ? AND title_id = ?",
-            (profile_id, title_id),
-        )
+        the next batch's recommendations). Idempotent; the number of rows removed.
+
+        The deletion is remembered (history_deletions), so what was under way does not bring
+        the title back: heartbeats of a play started before it and resume writes whose
+        client_at is not later than it are not recorded as positions. Playing the title
+        again afterwards records it again."""
+        now = float(self.control.clock())
+        async with self.control.db.transaction() as tx:
+            n = await tx.execute(
+                "DELETE FROM watch_state WHERE profile_id = ? AND title_id = ?",
+                (profile_id, title_id),
+            )
+            await tx.execute(
+                "INSERT INTO history_deletions (profile_id, title_id, deleted_at)"
+                " SELECT id, ?, ? FROM profiles WHERE id = ?"
+                " ON CONFLICT (profile_id, title_id) DO UPDATE SET deleted_at = excluded.deleted_at",
+                (title_id, now, profile_id),
+            )
         log.info("event=history_delete profile=%s title=%s rows=%d", profile_id, title_id, n)
         return int(n)
 

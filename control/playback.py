@@ -642,6 +642,9 @@ class PlaybackService:
                             duration,
                             client_at,
                             now,
+                            # A title deleted from history while this play went on stays
+                            # deleted: the play's start, not the device's clock, decides.
+                            not_before=float(row["started_at"]),
                         )
                         > 0
                     )

@@ -209,10 +209,23 @@ CREATE TABLE rate_buckets (
 CREATE INDEX rate_buckets_full ON rate_buckets(full_at)
 """
 
+# Personal state (control/library.py): a title deleted from a profile's history, and when
+# (server time). Positions older than the deletion (a heartbeat of a play started before it,
+# a resume write with an earlier client_at) no longer bring the title back.
+V6 = """
+CREATE TABLE history_deletions (
+    profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    title_id TEXT NOT NULL,
+    deleted_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (profile_id, title_id)
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "plays: ranked edges of the session", V2),
     Migration(3, "episodes: availability from the origin feed", V3),
     Migration(4, "invoices: kind (period or upgrade)", V4),
     Migration(5, "rate_buckets: rate limits shared by instances", V5),
+    Migration(6, "history_deletions: deleted history stays deleted", V6),
 )

@@ -1297,3 +1297,38 @@ async def test_behind_a_trusted_proxy_tokens_bind_the_forwarded_client(
     with pytest.raises(TokenRejected) as exc:
         verify(keys, token, "/v/night_train/master.m3u8", now, "127.0.0.1")  # the proxy
     assert exc.value.reason == "wrong_client"
+
+
+async def test_heartbeats_of_a_play_started_before_a_history_deletion_do_not_restore_it(
+    start_control: Any, keys_file: Path
+) -> None:
+    """The TV keeps playing while the phone deletes the title from history: the TV's
+    heartbeats (client clock after the deletion) still update the play, not the history. A
+    play started afterwards records it again."""
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
+    await add_title(rc, duration=6000.0)
+    user = await rc.subscriber("premium")
+    history = f"/v1/profiles/{user.profile_id}/history"
+    play = (await start(rc, user)).body["play_id"]
+    rc.clock.advance(10)
+    assert (await event(rc, user, play, kind="progress", position=10.0)).status == 200
+    assert len((await rc.api.get(history, token=user.token)).body["items"]) == 1
+
+    rc.clock.advance(1)
+    assert (await rc.api.delete(f"{history}/night-train", token=user.token)).status == 204
+    rc.clock.advance(10)
+    e = await event(rc, user, play, kind="progress", position=20.0)
+    assert e.status == 200, e
+    assert (await play_row(rc, play))["position"] == 20.0  # the play itself goes on
+    assert (await rc.api.get(history, token=user.token)).body["items"] == []
+    rc.clock.advance(10)
+    assert (await event(rc, user, play, kind="stop", position=30.0)).status == 200
+    assert (await rc.api.get(history, token=user.token)).body["items"] == []
+
+    rc.clock.advance(1)
+    again = (await start(rc, user)).body
+    assert again["resume_position"] == 0.0
+    rc.clock.advance(10)
+    assert (await event(rc, user, again["play_id"], kind="progress", position=5.0)).status == 200
+    items = (await rc.api.get(history, token=user.token)).body["items"]
+    assert [(i["title"]["id"], i["position"]) for i in items] == [("night-train", 5.0)]
