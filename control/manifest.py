@@ -72,6 +72,7 @@ __all__ = [
     "covers_ladder",
     "fallback_edge",
     "hls_multivariant",
+    "mpd_path",
     "parse_steer_answer",
     "playlist_path",
     "public_rendition",
@@ -203,6 +204,12 @@ def playlist_path(play_id: str) -> str:
     if not isinstance(play_id, str) or not _PLAY_ID_RE.fullmatch(play_id):
         raise ValueError(f"invalid play id {play_id!r}")
     return f"/v1/playback/{play_id}/master.m3u8"
+
+
+def mpd_path(play_id: str) -> str:
+    """The per-session DASH MPD's path on the control plane (capped plans, control/mpd.py),
+    which its query token is signed for: ``/v1/playback/<play_id>/manifest.mpd``."""
+    return playlist_path(play_id).removesuffix("master.m3u8") + "manifest.mpd"
 
 
 def steering_url(

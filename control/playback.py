@@ -28,8 +28,11 @@ Starting playback (`PlaybackService.authorize`) for a profile and a title (or ep
    directory (``/v/<key>/<rendition>/``). Only when the plan allows the title's whole ladder
    does the answer also carry a title-wide token (``/v/<key>/``) in every edge's
    ``url_prefix`` and the origin's own master.m3u8 / manifest.mpd through the first edge
-   (``manifests.hls_edge`` / ``dash``); for a capped plan those are null (``capped``: true) and
-   the player plays through ``manifests.hls``.
+   (``manifests.hls_edge`` / ``dash``). For a capped plan (``capped``: true) ``hls_edge`` is
+   null and the player plays through ``manifests.hls``; its ``dash`` is this service's
+   per-session MPD (``/v1/playback/<play_id>/manifest.mpd?token=``, control/mpd.py): the
+   origin's MPD, read once per media key through the first edge, cut to the plan, each
+   Representation under a BaseURL with its own directory token.
 
 ``manifests.hls``, the per-session multivariant playlist served by this service, is a URL that
 works without headers (native HLS players cannot send Authorization): it carries ``?token=``, a
@@ -69,8 +72,12 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
+
+import aiohttp
+from cachetools import TTLCache
 
 from edge.tokens import TokenRejected, sign, verify
 
@@ -93,6 +100,7 @@ from .manifest import (
     covers_ladder,
     fallback_edge,
     hls_multivariant,
+    mpd_path,
     playlist_path,
     public_rendition,
     rendition_directories,
@@ -102,6 +110,7 @@ from .manifest import (
     url_prefix,
     valid_media_key,
 )
+from .mpd import MAX_MPD_BYTES, MpdError, session_mpd
 from .steer import SteeringClient, SteeringFailed
 
 log = logging.getLogger("control")
@@ -209,9 +218,22 @@ def _sub_row(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _SessionMedia:
+    cfg: Any  # PlaybackConfig
+    renditions: list[dict[str, Any]]
+    max_height: int
+    edge_url: str  # the session's first edge
+    key: str
+    tokens: dict[str, str]  # directory -> token
+    client_ip: str
+
+
 class PlaybackService:
     def __init__(self, control: Any) -> None:
         self.control = control
+        # Origin MPDs by media key, for capped plans' DASH sessions (`_origin_mpd`).
+        self._mpds: TTLCache[str, bytes] = TTLCache(maxsize=256, ttl=300)
         # Kept-alive connections to steering, made on first use (control/steer.py).
         self._steering: SteeringClient | None = None
 
@@ -293,6 +315,8 @@ class PlaybackService:
             title_token = (
                 sign(keys, title_prefix(media.media_key), expires, bound) if full else None
             )
+            # A capped plan's DASH players get a per-session MPD (control/mpd.py).
+            mpd_token = None if full else sign(keys, mpd_path(play_id), expires, bound)
         except ValueError as exc:
             self._count("unavailable")
             log.warning("event=playback_sign_failed error=%r", str(exc)[:200])
@@ -387,6 +411,14 @@ class PlaybackService:
         playlist = f"{control_url.rstrip('/')}{playlist_path(play_id)}?" + urlencode(
             {"token": playlist_token}
         )
+        if first:
+            dash: str | None = first + "manifest.mpd"
+        elif mpd_token is not None:
+            dash = f"{control_url.rstrip('/')}{mpd_path(play_id)}?" + urlencode(
+                {"token": mpd_token}
+            )
+        else:  # pragma: no cover - a full ladder always has a title-wide token
+            dash = None
         return {
             "play_id": play_id,
             "lease_expires_at": lease_expires_at,
@@ -405,7 +437,7 @@ class PlaybackService:
             "manifests": {
                 "hls": playlist,
                 "hls_edge": first + "master.m3u8" if first else None,
-                "dash": first + "manifest.mpd" if first else None,
+                "dash": dash,
             },
             "steering": steering,
         }
@@ -468,14 +500,18 @@ class PlaybackService:
         if float(row["lease_expires_at"]) <= now:
             raise LeaseExpired("the stream lease expired; start playback again")
 
-    def playlist_token_ok(self, play_id: str, token: str, client_ip: str | None) -> bool:
-        """Whether ``token`` (the ``?token=`` of ``manifests.hls``) authorises the playlist of
-        ``play_id`` for ``client_ip`` now."""
+    def playlist_token_ok(
+        self, play_id: str, token: str, client_ip: str | None, *, dash: bool = False
+    ) -> bool:
+        """Whether ``token`` (the ``?token=`` of ``manifests.hls``, with ``dash`` of the
+        per-session ``manifests.dash``) authorises that manifest of ``play_id`` for
+        ``client_ip`` now."""
         keys = self.control.config.playback.signing_keys
         if keys is None:
             return False
+        path = mpd_path(play_id) if dash else playlist_path(play_id)
         try:
-            verify(keys, token, playlist_path(play_id), float(self.control.clock()), client_ip)
+            verify(keys, token, path, float(self.control.clock()), client_ip)
         except (TokenRejected, ValueError) as exc:
             reason = exc.reason if isinstance(exc, TokenRejected) else "malformed"
             log.info("event=playlist_token_refused play=%s reason=%s", play_id, reason)
@@ -485,6 +521,78 @@ class PlaybackService:
     async def playlist(self, account_id: str | None, play_id: str) -> str:
         """The session's HLS multivariant playlist (see control/manifest.py). ``account_id``
         None: the caller presented the play's playlist token (`playlist_token_ok`)."""
+        s = await self._session_media(account_id, play_id)
+        steering = None
+        if s.cfg.steering_public_url is not None:
+            steering = steering_url(s.cfg.steering_public_url, "hls", s.key, s.client_ip)
+        return hls_multivariant(
+            s.renditions,
+            edge_url=s.edge_url,
+            media_key=s.key,
+            tokens=s.tokens,
+            steering_uri=steering,
+            pathway=BASE_PATHWAY,
+        )
+
+    async def mpd(self, account_id: str | None, play_id: str) -> str:
+        """The session's DASH MPD (control/mpd.py): the origin's, read through the session's
+        first edge, cut to the plan. ``account_id`` None: the caller presented the MPD's
+        token."""
+        s = await self._session_media(account_id, play_id)
+        origin = await self._origin_mpd(s.key, s.edge_url)
+        steering = None
+        if s.cfg.steering_public_url is not None:
+            steering = steering_url(s.cfg.steering_public_url, "dash", s.key, s.client_ip)
+        try:
+            return session_mpd(
+                origin,
+                max_height=s.max_height,
+                edge_url=s.edge_url,
+                media_key=s.key,
+                tokens=s.tokens,
+                steering_uri=steering,
+            )
+        except MpdError as exc:
+            log.warning("event=mpd_unusable key=%s error=%r", s.key, str(exc)[:200])
+            raise NotPlayable("the title has no usable DASH manifest") from None
+
+    async def _origin_mpd(self, key: str, edge_url: str) -> bytes:
+        """The origin's manifest.mpd of ``key``, fetched through ``edge_url`` with a short
+        title-wide token of our own, kept a few minutes (a title's files do not change under
+        one media key)."""
+        cached = self._mpds.get(key)
+        if cached is not None:
+            return cached
+        c = self.control
+        keys = c.config.playback.signing_keys
+        assert keys is not None
+        token = sign(keys, title_prefix(key), int(float(c.clock()) + 60), None)
+        url = url_prefix(edge_url, token, key) + "manifest.mpd"
+        try:
+            async with c.http.get(
+                url, timeout=aiohttp.ClientTimeout(total=5), allow_redirects=False
+            ) as r:
+                if r.status == 404:
+                    raise NotPlayable("the title has no DASH manifest")
+                if r.status != 200:
+                    raise Unavailable(f"the title's DASH manifest is unavailable ({r.status})")
+                body = await r.content.read(MAX_MPD_BYTES + 1)
+                while len(body) <= MAX_MPD_BYTES:  # read(n) answers what has arrived
+                    more = await r.content.read(MAX_MPD_BYTES + 1 - len(body))
+                    if not more:
+                        break
+                    body += more
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("event=mpd_fetch_failed key=%s error=%r", key, str(exc)[:200])
+            raise Unavailable("the title's DASH manifest is unavailable; retry") from None
+        if len(body) > MAX_MPD_BYTES:
+            raise NotPlayable("the title's DASH manifest is too large")
+        self._mpds[key] = body
+        return body
+
+    async def _session_media(self, account_id: str | None, play_id: str) -> _SessionMedia:
+        """What a session's manifests are made of: the play (live), its plan's renditions and
+        one token per directory, with the start's expiry and binding."""
         c = self.control
         cfg = c.config.playback
         row = await self._play(account_id, play_id)
@@ -507,17 +615,10 @@ class PlaybackService:
             d: sign(cfg.signing_keys, rendition_prefix(key, d), expires, bound)
             for d in rendition_directories(renditions)
         }
-        steering = None
-        if cfg.steering_public_url is not None:
-            steering = steering_url(cfg.steering_public_url, "hls", key, str(row["client_ip"]))
-        return hls_multivariant(
-            renditions,
-            edge_url=edges[0]["url"],
-            media_key=key,
-            tokens=tokens,
-            steering_uri=steering,
-            pathway=BASE_PATHWAY,
-        )
+        return _SessionMedia(
+            cfg, renditions, plan.max_height, str(edges[0]["url"]), key, tokens,
+            str(row["client_ip"]),
+        )  # fmt: skip
 
     # -- events ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -317,10 +318,14 @@ async def test_session_playlist_enforces_the_plans_resolution(
     user = await rc.subscriber("basic")
     r = await start(rc, user)
     assert r.status == 201, r
-    # A capped plan gets no title-wide token at all: bare edge URLs, no whole-ladder manifests.
+    # A capped plan gets no title-wide token at all: bare edge URLs, no whole-ladder manifests
+    # (DASH: this service's per-session MPD instead of the origin's).
     assert r.body["capped"] is True
     assert all(e["url_prefix"] is None and "/_t/" not in e["url"] for e in r.body["edges"])
-    assert r.body["manifests"]["hls_edge"] is None and r.body["manifests"]["dash"] is None
+    assert r.body["manifests"]["hls_edge"] is None
+    assert r.body["manifests"]["dash"].startswith(
+        f"{rc.url}/v1/playback/{r.body['play_id']}/manifest.mpd?token="
+    )
     path = f"/v1/playback/{r.body['play_id']}/master.m3u8"
     p = await rc.api.get(path, token=user.token)
     assert p.status == 200, p
@@ -439,10 +444,34 @@ async def test_end_to_end_through_a_real_edge(
             async with http.get(urljoin(uri, name)) as seg:
                 assert seg.status == 200, (uri, name)
                 assert await seg.read() == (upstream / directory.lstrip("/") / name).read_bytes()
+    # DASH: the per-session MPD (no header needed either) lists the same directories, each
+    # Representation under a BaseURL with its own token; each plays through the real edge.
+    async with http.get(r.body["manifests"]["dash"]) as d:
+        assert d.status == 200, await d.text()
+        assert d.headers["Content-Type"].startswith("application/dash+xml")
+        mpd = ET.fromstring(await d.text())
+    ns = "{urn:mpeg:dash:schema:mpd:2011}"
+    dash_dirs = []
+    for rep in mpd.iter(ns + "Representation"):
+        (base_url,) = [u.text or "" for u in rep.findall(ns + "BaseURL")]
+        template = rep.find(ns + "SegmentTemplate")
+        assert template is not None and base_url.startswith(edge.url + "/_t/")
+        directory = str(rep.get("id"))
+        dash_dirs.append(directory)
+        first = str(template.get("media")).replace("$Number%05d$", "00001")
+        for name in (str(template.get("initialization")), first):
+            async with http.get(urljoin(base_url, name)) as seg:
+                assert seg.status == 200, (base_url, name)
+                assert await seg.read() == (title_dir / name).read_bytes()
+        # Its token opens its own directory only.
+        async with http.get(urljoin(base_url, "1080p/seg00001.m4s")) as denied:
+            assert denied.status == 403
+    assert dash_dirs == ["240p", "360p", "480p", "audio_96k", "audio_128k"]
     # No token it was given opens a 1080p segment (nor the whole-ladder manifests).
     given = {_token_dir(u)[0] for u in uris}
     given |= set(parse_qs(urlsplit(r.body["manifests"]["hls"]).query)["token"])
-    assert len(given) == 6
+    given |= set(parse_qs(urlsplit(r.body["manifests"]["dash"]).query)["token"])
+    assert len(given) == 7
     for token in given:
         for path in (seg1080, f"/v/{key}/master.m3u8", f"/v/{key}/manifest.mpd"):
             async with http.get(edge.url + signed_path(token, path)) as denied:
@@ -1332,3 +1361,74 @@ async def test_heartbeats_of_a_play_started_before_a_history_deletion_do_not_res
     assert (await event(rc, user, again["play_id"], kind="progress", position=5.0)).status == 200
     items = (await rc.api.get(history, token=user.token)).body["items"]
     assert [(i["title"]["id"], i["position"]) for i in items] == [("night-train", 5.0)]
+
+
+async def test_session_mpd_access_caching_and_failures(
+    start_control: Any, keys_file: Path, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """The per-session MPD answers its token or the account's session (404 otherwise, like
+    the playlist); the origin's MPD is read through the edge once per media key; an edge
+    without one is 409 not_playable, an unreachable one 503."""
+    upstream = tmp_path / "upstream"
+    (key,) = synth_catalog(upstream, titles=1, renditions=5, duration=8.0, seed=9)
+    mpd_text = (upstream / "v" / key / "manifest.mpd").read_bytes()
+    ladder = summary(key, json.loads((upstream / "v" / key / "manifest.json").read_text()))[
+        "renditions"
+    ]
+    served = {"mpd": 0, "status": 200}
+
+    async def edge_mpd(request: web.Request) -> web.Response:
+        assert request.path.startswith("/_t/") and request.path.endswith(f"/v/{key}/manifest.mpd")
+        served["mpd"] += 1
+        if served["status"] != 200:
+            return web.Response(status=served["status"])
+        return web.Response(body=mpd_text, content_type="application/dash+xml")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", edge_mpd)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    edge_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        rc = await start_control(playback=playback_config(keys_file, fallback_url=edge_url))
+        await add_title(rc, key=key, renditions=ladder, duration=8.0)
+        user = await rc.subscriber("basic")
+        r = await start(rc, user)
+        assert r.status == 201 and r.body["capped"] is True, r
+        dash = r.body["manifests"]["dash"]
+        path = urlsplit(dash).path
+        token = parse_qs(urlsplit(dash).query)["token"][0]
+
+        async with http.get(dash) as d:
+            assert d.status == 200, await d.text()
+            assert d.headers["Cache-Control"] == "no-store"
+            text = await d.text()
+        assert 'height="720"' not in text and 'height="480"' in text
+        # The account's bearer session works too; the MPD was read once.
+        b = await rc.api.get(path, token=user.token)
+        assert b.status == 200 and served["mpd"] == 1, b
+        # The HLS playlist's token is not the MPD's, nor is another play's.
+        hls_token = parse_qs(urlsplit(r.body["manifests"]["hls"]).query)["token"][0]
+        for bad in (hls_token, token[:-2] + "xx"):
+            async with http.get(rc.url + path, params={"token": bad}) as d:
+                assert d.status == 404, bad
+        async with http.get(rc.url + path) as d:
+            assert d.status == 401
+        other = await rc.subscriber("basic")
+        assert (await rc.api.get(path, token=other.token)).status == 404
+
+        # A title whose MPD the edge does not have, and an edge that fails: new media keys.
+        for status, expected in ((404, 409), (500, 503)):
+            rc.control.playback._mpds.clear()
+            served["status"] = status
+            d2 = await rc.api.get(path, token=user.token)
+            assert d2.status == expected, d2
+        served["status"] = 200
+        rc.control.playback._mpds.clear()
+        await runner.cleanup()  # the edge is gone, kept-alive connections too
+        d3 = await rc.api.get(path, token=user.token)
+        assert d3.status == 503 and d3.body["error"]["code"] == "unavailable", d3
+    finally:
+        await runner.cleanup()

@@ -18,6 +18,7 @@ from ..clients import client_address
 from ..errors import ControlError, NotFound
 from ..fields import Fields, page_params
 from ..manifest import HLS_CONTENT_TYPE
+from ..mpd import DASH_CONTENT_TYPE
 from ..openapi import PAGE_PARAMS, error_responses, json_body, json_response, page_of
 from ..playback import EVENT_KINDS, MAX_ERROR_CHARS, PlaybackService
 from ..responses import respond
@@ -148,6 +149,28 @@ async def session_playlist(request: web.Request) -> web.Response:
     return web.Response(
         text=text,
         headers={"Content-Type": HLS_CONTENT_TYPE, "Cache-Control": "no-store"},
+    )
+
+
+@routes.get("/v1/playback/{play_id}/manifest.mpd")
+async def session_mpd(request: web.Request) -> web.Response:
+    """A capped plan's per-session DASH MPD (control/mpd.py); the same access rules as the
+    session playlist, with the MPD's own ``?token=``."""
+    play_id = _play_id(request)
+    service = _service(request)
+    token = request.query.get("token")
+    if token is not None and service.playlist_token_ok(
+        play_id, token, client_address(request), dash=True
+    ):
+        text = await service.mpd(None, play_id)
+    elif token is not None and "Authorization" not in request.headers:
+        raise NotFound("no such playback session")
+    else:
+        s = await session_of(request)
+        text = await service.mpd(s.account_id, play_id)
+    return web.Response(
+        text=text,
+        headers={"Content-Type": DASH_CONTENT_TYPE, "Cache-Control": "no-store"},
     )
 
 
@@ -303,6 +326,45 @@ OPENAPI: dict[str, Any] = {
                 },
             },
         },
+        "/v1/playback/{play_id}/manifest.mpd": {
+            "parameters": [_PLAY_PARAM],
+            "get": {
+                "operationId": "sessionMpd",
+                "summary": "A capped plan's per-session DASH MPD",
+                "description": (
+                    "The origin's MPD (read through the session's first edge) with only the "
+                    "Representations the plan allows, each under its own BaseURL on that edge "
+                    "with its directory's token (serviceLocation 'cdn'); with steering "
+                    "configured, a ContentSteering element (DASH-IF Content Steering). "
+                    "Authorised like the session playlist: the token query parameter of "
+                    "manifests.dash, or the bearer session of the play's account. 409 "
+                    "not_playable when the title has no usable MPD; 503 when it cannot be "
+                    "read now."
+                ),
+                "tags": ["playback"],
+                "security": [*_SESSION, {}],
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "description": "the MPD token of manifests.dash",
+                        "schema": {
+                            "type": "string",
+                            "maxLength": 512,
+                            "pattern": "^[A-Za-z0-9_.-]*$",
+                        },
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the MPD (ISO/IEC 23009-1)",
+                        "content": {DASH_CONTENT_TYPE: {"schema": {"type": "string"}}},
+                    },
+                    **error_responses(401, 402, 404, 409, 503),
+                },
+            },
+        },
     },
     "schemas": {
         "PlaybackStart": {
@@ -417,8 +479,9 @@ OPENAPI: dict[str, Any] = {
                         "dash": {
                             "type": ["string", "null"],
                             "description": (
-                                "manifest.mpd on the first edge (whole ladder); null when the "
-                                "plan is capped"
+                                "the origin's manifest.mpd on the first edge (whole ladder); "
+                                "when the plan is capped, this service's per-session MPD "
+                                "(GET /v1/playback/{play_id}/manifest.mpd with its token)"
                             ),
                         },
                     },
