@@ -19,7 +19,9 @@ close-delimited bodies, RFC 9112 section 6.3), which the tests drive with tables
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -30,6 +32,12 @@ from .manifest import RankedEdge, SteerAnswerError, parse_steer_answer
 MAX_ANSWER_BYTES = 256 * 1024
 MAX_HEAD_BYTES = 16 * 1024
 MAX_IDLE = 16  # kept-alive connections kept per worker; more in flight close after use
+# An idle connection older than this is closed rather than reused: a NAT or load balancer may
+# have dropped it silently, and a start would then wait steering_timeout to find out.
+IDLE_TTL = 10.0
+_STATUS = re.compile(r"[0-9]{3}\Z")
+_DIGITS = re.compile(r"[0-9]{1,15}\Z")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}\Z")
 
 
 class SteeringFailed(Exception):
@@ -89,6 +97,11 @@ class ResponseParser:
             raise ResponseError("answer too large")
         return self._mode == "done"
 
+    @property
+    def leftover(self) -> bool:
+        """Bytes beyond the complete response (a server out of step): never reuse."""
+        return bool(self._buf)
+
     def eof(self) -> bool:
         """The peer closed: True when that completes the response (a close-delimited body)."""
         if self._mode == "close":
@@ -99,7 +112,11 @@ class ResponseParser:
     def _head(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or parts[0] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].isdigit():
+        if (
+            len(parts) < 2
+            or parts[0] not in ("HTTP/1.1", "HTTP/1.0")
+            or not _STATUS.match(parts[1])
+        ):
             raise ResponseError(f"bad status line {lines[0][:80]!r}")
         self.status = int(parts[1])
         if self.status < 200:  # 1xx: steering never sends them; refuse rather than guess
@@ -108,26 +125,33 @@ class ResponseParser:
             name, sep, value = ln.partition(":")
             if not sep or not name or name != name.strip():
                 raise ResponseError(f"bad header line {ln[:80]!r}")
-            self.headers[name.lower()] = value.strip()
-        conn = self.headers.get("connection", "").lower()
-        self.keep_alive = "close" not in conn and (parts[0] == "HTTP/1.1" or "keep-alive" in conn)
+            key = name.lower()
+            if key in self.headers and key in ("content-length", "transfer-encoding"):
+                # RFC 9112 section 6.3: the framing must be unambiguous; repeated framing
+                # fields (even equal ones) are refused rather than merged.
+                raise ResponseError(f"repeated {key}")
+            self.headers[key] = value.strip()
+        tokens = {t.strip() for t in self.headers.get("connection", "").lower().split(",")}
+        self.keep_alive = "close" not in tokens and (
+            parts[0] == "HTTP/1.1" or "keep-alive" in tokens
+        )
         te = self.headers.get("transfer-encoding")
         cl = self.headers.get("content-length")
-        if te is not None:
+        if self.status in (204, 304):
+            self._mode = "done"  # RFC 9112 section 6.3 rule 1: no content, whatever it says
+        elif te is not None:
             # RFC 9112 section 6.3: chunked must be the final coding; with Content-Length too,
             # the message is suspect: refuse it (and never reuse the connection).
             if te.lower() != "chunked" or cl is not None:
                 raise ResponseError(f"unsupported transfer-encoding {te[:40]!r}")
             self._mode = "chunks"
         elif cl is not None:
-            if not cl.isdigit():
+            if not _DIGITS.match(cl):
                 raise ResponseError(f"bad content-length {cl[:40]!r}")
             self._need = int(cl)
             if self._need > MAX_ANSWER_BYTES:
                 raise ResponseError("answer too large")
             self._mode = "length" if self._need else "done"
-        elif self.status in (204, 304):
-            self._mode = "done"
         else:
             self._mode = "close"
             self.keep_alive = False
@@ -154,7 +178,7 @@ class ResponseParser:
                         raise ResponseError("chunk size line too long")
                     return
                 size = bytes(buf[:end]).split(b";", 1)[0].strip()
-                if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+                if not _HEX.match(size):
                     raise ResponseError(f"bad chunk size {size[:20]!r}")
                 self._chunk_left = int(size, 16)
                 del buf[: end + 2]
@@ -183,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self._parser: ResponseParser | None = None
         self._waiter: asyncio.Future[ResponseParser] | None = None
         self.received = False  # any byte of the current exchange's answer
+        self.idle_since = 0.0  # time.monotonic() when it went back to the pool
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # No isinstance check: uvloop's transports are not registered as asyncio.Transport.
@@ -239,7 +264,14 @@ class SteeringClient:
         self._tls = u.scheme == "https"
         default = 443 if self._tls else 80
         self._port = u.port or default
-        self._path = u.path.rstrip("/") + "/v1/steer"
+        # The config validator accepts any printable path and host: sent as ASCII (RFC 3986
+        # percent-encoding, IDNA for a non-ASCII name) so the request line is always valid.
+        self._path = quote(u.path.rstrip("/"), safe="/%:@!$&'()*+,;=-._~") + "/v1/steer"
+        if ":" not in self._host and not self._host.isascii():
+            try:
+                self._host = self._host.encode("idna").decode("ascii")
+            except UnicodeError:
+                pass  # not a valid name: connecting fails, and the start falls back
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._authority = host if self._port == default else f"{host}:{self._port}"
         self._ssl = ssl.create_default_context() if self._tls else None
@@ -265,9 +297,13 @@ class SteeringClient:
         return conn
 
     async def _exchange(self, request: bytes) -> ResponseParser:
+        now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
             if conn.closed:
+                continue
+            if now - conn.idle_since > IDLE_TTL:
+                conn.close()
                 continue
             try:
                 return await self._finish(conn, conn.exchange(request))
@@ -287,7 +323,13 @@ class SteeringClient:
         except BaseException:
             conn.close()  # a timeout or an error mid-answer: the connection's state is unknown
             raise
-        if parser.keep_alive and not conn.closed and len(self._idle) < MAX_IDLE:
+        if (
+            parser.keep_alive
+            and not parser.leftover
+            and not conn.closed
+            and len(self._idle) < MAX_IDLE
+        ):
+            conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from control import steer
 from control.steer import (
     MAX_ANSWER_BYTES,
     ResponseError,
@@ -68,6 +69,23 @@ COMPLETE = [
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n", False, 200, b"", True),
     # close-delimited: complete only at EOF, and never reused
     (b"HTTP/1.1 200 OK\r\n\r\n" + ANSWER, True, 200, ANSWER, False),
+    # 204 and 304 have no content whatever their Content-Length says (RFC 9112 6.3)
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", False, 204, b"", True),
+    # Connection is a list of tokens: "close" only as a whole token
+    (
+        b"HTTP/1.1 200 OK\r\nConnection: x-closed, keep-alive\r\nContent-Length: 2\r\n\r\n{}",
+        False,
+        200,
+        b"{}",
+        True,
+    ),
+    (
+        b"HTTP/1.1 200 OK\r\nConnection: te, close\r\nContent-Length: 2\r\n\r\n{}",
+        False,
+        200,
+        b"{}",
+        False,
+    ),
 ]
 
 
@@ -79,6 +97,12 @@ def test_parser_reads_complete_responses(
     p = parse(raw, pieces, eof)
     assert p.done
     assert (p.status, bytes(p.body), p.keep_alive) == (status, body, keep_alive)
+
+
+def test_bytes_after_a_complete_response_are_noticed() -> None:
+    p = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n")
+    assert p.done and p.leftover  # the client does not reuse such a connection
+    assert not parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").leftover
 
 
 @pytest.mark.parametrize(
@@ -125,6 +149,18 @@ def test_parser_waits_for_the_rest(raw: bytes) -> None:
         ),
         (b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * (MAX_ANSWER_BYTES + 1), "too large"),
         (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 20_000, "head too large"),
+        # Repeated framing fields are refused, even when equal (RFC 9112 6.3).
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 4\r\n\r\n", "repeated"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n", "repeated"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "repeated",
+        ),
+        # Only ASCII digits: str.isdigit() would take a superscript two (latin-1 0xB2).
+        (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n", "bad content-length"),
+        (b"HTTP/1.1 \xb200 OK\r\n\r\n", "bad status line"),
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", "bad status line"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\xb2\r\n", "bad chunk size"),
     ],
 )
 def test_parser_refuses_what_it_cannot_trust(raw: bytes, reason: str) -> None:
@@ -348,3 +384,26 @@ def test_the_client_on_uvloop_as_the_service_runs_it() -> None:
     got, opened, outcome = uvloop.run(scenario())
     # e1, e2 on one connection; the third request is closed on, then answered on a new one.
     assert got == ["e1", "e2", "e4"] and opened == 2 and outcome == "timeout"
+
+
+async def test_idle_connections_older_than_the_ttl_are_not_reused(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, stats = await server(ok(steer_answer("e1")))
+    client = SteeringClient(url, timeout=2.0)
+    try:
+        await client.ranked_edges("k", "a")
+        await client.ranked_edges("k", "a")
+        assert client.connections_opened == 1
+        monkeypatch.setattr(steer, "IDLE_TTL", 0.0)
+        await client.ranked_edges("k", "a")
+    finally:
+        client.close()
+    assert client.connections_opened == 2 and stats["requests"] == 3
+
+
+def test_configured_paths_and_hosts_are_sent_as_ascii() -> None:
+    c = SteeringClient("http://bücher.example:8080/stéer ing", timeout=1.0)
+    line = c._request("k", "a").decode("ascii").split("\r\n")
+    assert line[0] == "GET /st%C3%A9er%20ing/v1/steer?key=k&client=a HTTP/1.1"
+    assert line[1] == "Host: xn--bcher-kva.example:8080"
