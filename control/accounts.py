@@ -256,6 +256,8 @@ class AccountStore:
         limiter = self.limiters[limit]
         if limiter.allow(key):
             allowed, retry_after = await self._take_shared(limit, key)
+            if not allowed:
+                limiter.refund(key)
         else:
             allowed, retry_after = False, limiter.retry_after(key)
         if allowed:
@@ -312,7 +314,8 @@ class AccountStore:
 
     async def prune_rate_buckets(self) -> int:
         """Delete the buckets idle long enough to be full again: a missing bucket is a full
-        one, so no answer changes."""
+        one, so no answer changes. (full_at is the clock of the instance that wrote it: the
+        instances' clocks are assumed to agree, as NTP keeps them, to well under a second.)"""
         return int(
             await self.db.execute("DELETE FROM rate_buckets WHERE full_at <= ?", (self._now(),))
         )

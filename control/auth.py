@@ -348,6 +348,14 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return allowed
 
+    def refund(self, key: str) -> None:
+        """Give back the token ``allow(key)`` took, when the request was refused elsewhere
+        after all (the shared bucket, control/accounts.py): this bucket must not run dry
+        before the one it stands in front of."""
+        state = self._buckets.get(key)
+        if state is not None:
+            self._buckets[key] = (min(self._burst, state[0] + 1.0), state[1])
+
     def retry_after(self, key: str) -> float:
         """Seconds until ``allow(key)`` would succeed (0.0 if it would now), for ``Retry-After``.
         Read-only: asking does not consume or refresh anything."""

@@ -46,20 +46,18 @@ class ListFull(Conflict):
 
 # One statement for both resume writes (PUT /resume and playback events): the row is written
 # unless a later client_at (or, at the same client_at, a larger position) is stored already
-# (latest client timestamp wins across devices), or the title was deleted from the profile's
-# history after ``not_before`` (see `LibraryStore.delete_history`). INSERT ... SELECT from
-# profiles, so a profile
+# (latest client timestamp wins across devices). INSERT ... SELECT from profiles, so a profile
 # deleted meanwhile writes nothing instead of failing a foreign key (a playback event writes
 # inside its play's transaction, which must not abort for that). The CASTs type the
 # parameters for PostgreSQL, which would otherwise read an untyped SELECT-list value as text.
-_UPSERT_POSITION = (
+_UPSERT_HEAD = (
     "INSERT INTO watch_state (profile_id, title_id, episode_id, position, duration,"
     " finished, client_at, updated_at)"
     " SELECT id, ?, ?, CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION),"
     " CAST(? AS INTEGER), CAST(? AS DOUBLE PRECISION), CAST(? AS DOUBLE PRECISION)"
-    " FROM profiles WHERE id = ? AND NOT EXISTS (SELECT 1 FROM history_deletions d"
-    " WHERE d.profile_id = profiles.id AND d.title_id = ?"
-    " AND d.deleted_at >= CAST(? AS DOUBLE PRECISION))"
+    " FROM profiles WHERE id = ?"
+)
+_UPSERT_TAIL = (
     " ON CONFLICT (profile_id, title_id, episode_id) DO UPDATE SET"
     " position = excluded.position, duration = excluded.duration,"
     " finished = excluded.finished, client_at = excluded.client_at,"
@@ -67,6 +65,14 @@ _UPSERT_POSITION = (
     " WHERE excluded.client_at > watch_state.client_at"
     " OR (excluded.client_at = watch_state.client_at"
     " AND excluded.position > watch_state.position)"
+)
+_UPSERT_POSITION = _UPSERT_HEAD + _UPSERT_TAIL
+# A playback event's write also gives way to a deletion of the title from the profile's
+# history made after the play started (both server times; see `LibraryStore.delete_history`).
+_UPSERT_PLAY_POSITION = (
+    _UPSERT_HEAD + " AND NOT EXISTS (SELECT 1 FROM history_deletions d"
+    " WHERE d.profile_id = profiles.id AND d.title_id = ?"
+    " AND d.deleted_at >= CAST(? AS DOUBLE PRECISION))" + _UPSERT_TAIL
 )
 
 
@@ -80,32 +86,31 @@ async def upsert_position(
     client_at: float,
     now: float,
     finished: bool | None = None,
-    not_before: float | None = None,
+    play_started: float | None = None,
 ) -> int:
     """Write a resume position through ``tx`` (a transaction or the database); the number of
-    rows written (0: a later write is stored, the title was deleted from the profile's history
-    at or after ``not_before`` (default: ``client_at``), or the profile is gone). A position
-    past a known duration is clamped to it; ``finished`` defaults to position >= 95 % of the
-    duration."""
+    rows written (0: a later write is stored, the profile is gone, or, for a playback event
+    (``play_started``: its play's start, server time), the title was deleted from the
+    profile's history since the play started). A position past a known duration is clamped
+    to it; ``finished`` defaults to position >= 95 % of the duration."""
     if duration is not None and duration > 0:
         position = min(position, duration)
     if finished is None:
         finished = bool(duration) and position >= FINISHED_FRACTION * float(duration or 0)
-    n: int = await tx.execute(
-        _UPSERT_POSITION,
-        (
-            title_id,
-            episode_id or "",
-            float(position),
-            duration,
-            1 if finished else 0,
-            float(client_at),
-            float(now),
-            profile_id,
-            title_id,
-            float(client_at if not_before is None else not_before),
-        ),
+    params: tuple[Any, ...] = (
+        title_id,
+        episode_id or "",
+        float(position),
+        duration,
+        1 if finished else 0,
+        float(client_at),
+        float(now),
+        profile_id,
     )
+    if play_started is None:
+        n: int = await tx.execute(_UPSERT_POSITION, params)
+    else:
+        n = await tx.execute(_UPSERT_PLAY_POSITION, (*params, title_id, float(play_started)))
     return n
 
 
@@ -343,27 +348,55 @@ class LibraryStore:
         ]
         return items, len(visible)
 
-    async def delete_history(self, profile_id: str, title_id: str) -> int:
+    async def delete_history(self, profile: Any, title_id: str) -> int:
         """Forget every position of the title (hides it from history, Continue Watching and
         the next batch's recommendations). Idempotent; the number of rows removed.
 
-        The deletion is remembered (history_deletions), so what was under way does not bring
-        the title back: heartbeats of a play started before it and resume writes whose
-        client_at is not later than it are not recorded as positions. Playing the title
-        again afterwards records it again."""
+        A play of the title under way (on another device, say) would write it back with its
+        next heartbeat: when there is one, the deletion is remembered (history_deletions) and
+        heartbeats of plays started before it record no position. Playing the title again
+        afterwards records it again. Resume writes (PUT) are not held back: they carry the
+        device's clock, which cannot be compared with the deletion's.
+
+        The live plays' rows are locked first: a heartbeat locks its play's row first too, so
+        on PostgreSQL one of the two transactions waits for the other, and the heartbeat's
+        next statements see the remembered deletion (at READ COMMITTED a statement already
+        under way would not)."""
         now = float(self.control.clock())
         async with self.control.db.transaction() as tx:
+            live = await tx.execute(
+                "UPDATE plays SET updated_at = updated_at WHERE account_id = ? AND"
+                " profile_id = ? AND title_id = ? AND stopped_at IS NULL AND lease_expires_at > ?",
+                (profile.account_id, profile.id, title_id, now),
+            )
             n = await tx.execute(
                 "DELETE FROM watch_state WHERE profile_id = ? AND title_id = ?",
-                (profile_id, title_id),
+                (profile.id, title_id),
             )
+            if live:
+                await tx.execute(
+                    "INSERT INTO history_deletions (profile_id, title_id, deleted_at)"
+                    " VALUES (?, ?, ?) ON CONFLICT (profile_id, title_id) DO UPDATE SET"
+                    " deleted_at = CASE WHEN excluded.deleted_at > history_deletions.deleted_at"
+                    " THEN excluded.deleted_at ELSE history_deletions.deleted_at END",
+                    (profile.id, title_id, now),
+                )
+            # The profile's deletions no live play started before any more: done with.
             await tx.execute(
-                "INSERT INTO history_deletions (profile_id, title_id, deleted_at)"
-                " SELECT id, ?, ? FROM profiles WHERE id = ?"
-                " ON CONFLICT (profile_id, title_id) DO UPDATE SET deleted_at = excluded.deleted_at",
-                (title_id, now, profile_id),
+                "DELETE FROM history_deletions WHERE profile_id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM plays p WHERE p.account_id = ? AND p.profile_id ="
+                " history_deletions.profile_id AND p.title_id = history_deletions.title_id"
+                " AND p.stopped_at IS NULL AND p.lease_expires_at > ?"
+                " AND p.started_at <= history_deletions.deleted_at)",
+                (profile.id, profile.account_id, now),
             )
-        log.info("event=history_delete profile=%s title=%s rows=%d", profile_id, title_id, n)
+        log.info(
+            "event=history_delete profile=%s title=%s rows=%d live_plays=%d",
+            profile.id,
+            title_id,
+            n,
+            live,
+        )
         return int(n)
 
     async def continue_watching(self, profile_id: str) -> list[str]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Final
+from xml.parsers import expat
 
 from .manifest import BASE_PATHWAY, _base_url, url_prefix
 
@@ -37,6 +38,33 @@ ET.register_namespace("", _NS)  # the MPD's default namespace, written without a
 
 class MpdError(ValueError):
     """The origin's MPD is not one this module can rewrite."""
+
+
+def _refuse_dtd(*_: object) -> None:
+    raise MpdError("the MPD has a document type or entity declaration")
+
+
+def parse_mpd(data: str | bytes) -> ET.Element:
+    """The root of a static MPD; MpdError for anything else. A document type or entity
+    declaration anywhere is refused as expat meets it, before anything is expanded (the
+    origin writes none; entities would let a body grow many times over)."""
+    if len(data) > MAX_MPD_BYTES:
+        raise MpdError("the MPD is too large")
+    # ElementTree's C parser hides its expat: a first pass with one of our own stops at a
+    # declaration, whatever the document's encoding or wherever the declaration is.
+    scan = expat.ParserCreate()
+    scan.StartDoctypeDeclHandler = _refuse_dtd
+    scan.EntityDeclHandler = _refuse_dtd
+    try:
+        scan.Parse(data, True)
+        root = ET.fromstring(data)
+    except (expat.ExpatError, ET.ParseError) as exc:
+        raise MpdError(f"the MPD is not well-formed XML: {exc}") from None
+    if root.tag != _Q + "MPD":
+        raise MpdError("not an MPD (root element)")
+    if root.get("type", "static") != "static":
+        raise MpdError("only static (on-demand) MPDs are rewritten")
+    return root
 
 
 def _int(value: str | None) -> int | None:
@@ -73,20 +101,7 @@ def session_mpd(
     base = _base_url(edge_url)
     if base is None:
         raise ValueError(f"edge_url must be an absolute http(s) URL: {edge_url!r}")
-    if len(origin_mpd) > MAX_MPD_BYTES:
-        raise MpdError("the MPD is too large")
-    head = origin_mpd[:4096].lower()
-    if (b"<!doctype" if isinstance(head, bytes) else "<!doctype") in head:
-        # The origin writes none; a DTD could declare entities (expansion bombs).
-        raise MpdError("the MPD has a document type declaration")
-    try:
-        root = ET.fromstring(origin_mpd)
-    except ET.ParseError as exc:
-        raise MpdError(f"the MPD is not well-formed XML: {exc}") from None
-    if root.tag != _Q + "MPD":
-        raise MpdError("not an MPD (root element)")
-    if root.get("type", "static") != "static":
-        raise MpdError("only static (on-demand) MPDs are rewritten")
+    root = parse_mpd(origin_mpd)
     videos = 0
     for period in root.findall(_Q + "Period"):
         for aset in list(period.findall(_Q + "AdaptationSet")):

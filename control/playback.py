@@ -110,7 +110,7 @@ from .manifest import (
     url_prefix,
     valid_media_key,
 )
-from .mpd import MAX_MPD_BYTES, MpdError, session_mpd
+from .mpd import MAX_MPD_BYTES, MpdError, parse_mpd, session_mpd
 from .steer import SteeringClient, SteeringFailed
 
 log = logging.getLogger("control")
@@ -585,8 +585,12 @@ class PlaybackService:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("event=mpd_fetch_failed key=%s error=%r", key, str(exc)[:200])
             raise Unavailable("the title's DASH manifest is unavailable; retry") from None
-        if len(body) > MAX_MPD_BYTES:
-            raise NotPlayable("the title's DASH manifest is too large")
+        try:
+            parse_mpd(body)  # only an MPD is kept (not, say, an error page answered with 200)
+        except MpdError as exc:
+            log.warning("event=mpd_unusable key=%s error=%r", key, str(exc)[:200])
+            raise NotPlayable("the title has no usable DASH manifest") from None
+        # Concurrent first requests for one key each read it (the edge coalesces them).
         self._mpds[key] = body
         return body
 
@@ -745,7 +749,7 @@ class PlaybackService:
                             now,
                             # A title deleted from history while this play went on stays
                             # deleted: the play's start, not the device's clock, decides.
-                            not_before=float(row["started_at"]),
+                            play_started=float(row["started_at"]),
                         )
                         > 0
                     )

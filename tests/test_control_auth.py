@@ -440,3 +440,16 @@ def test_take_token(
 ) -> None:
     allowed, tokens, retry = take_token(state, now, rate=rate, burst=burst)
     assert (allowed, pytest.approx(tokens), pytest.approx(retry)) == expected
+
+
+def test_refund_gives_back_one_token_up_to_the_burst() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, rate=1.0, burst=2)
+    assert lim.allow("a") and lim.allow("a") and not lim.allow("a")
+    lim.refund("a")
+    assert lim.allow("a") and not lim.allow("a")
+    lim.refund("b")  # a key never seen holds a full bucket already: nothing to give back
+    lim.refund("a")
+    lim.refund("a")
+    lim.refund("a")
+    assert [lim.allow("a") for _ in range(3)] == [True, True, False]

@@ -122,12 +122,37 @@ def test_baseurl_precedes_the_segment_template_and_steering_precedes_the_period(
             lambda t: t.replace("<MPD ", '<!DOCTYPE MPD [<!ENTITY a "aaaa">]>\n<MPD ', 1).replace(
                 '<?xml version="1.0" encoding="UTF-8"?>\n', ""
             ),
-            "document type",
+            "declaration",
         ),
         (lambda t: t.replace('height="', 'height="9').replace('maxHeight="', 'x="'), "no video"),
         (lambda t: "x" * (3 * 1024 * 1024), "too large"),
+        # A declaration past the first kilobytes, or in another encoding, is found too.
+        (
+            lambda t: t.replace(
+                '<?xml version="1.0" encoding="UTF-8"?>\n',
+                "<!--" + "c" * 8000 + '-->\n<!DOCTYPE MPD [<!ENTITY a "aaaa">]>\n',
+            ),
+            "declaration",
+        ),
+        (
+            lambda t: (
+                t.replace('encoding="UTF-8"', 'encoding="UTF-16"')
+                .replace("<MPD ", '<!DOCTYPE MPD [<!ENTITY a "aaaa">]>\n<MPD ', 1)
+                .encode("utf-16")
+            ),
+            "declaration",
+        ),
     ],
-    ids=["not-mpd", "truncated", "dynamic", "doctype", "all-too-tall", "huge"],
+    ids=[
+        "not-mpd",
+        "truncated",
+        "dynamic",
+        "doctype",
+        "all-too-tall",
+        "huge",
+        "late-doctype",
+        "utf16-doctype",
+    ],
 )
 def test_unusable_mpds_are_refused(
     origin_mpd: tuple[str, str], mutate: object, reason: str

@@ -1361,6 +1361,70 @@ async def test_heartbeats_of_a_play_started_before_a_history_deletion_do_not_res
     assert (await event(rc, user, again["play_id"], kind="progress", position=5.0)).status == 200
     items = (await rc.api.get(history, token=user.token)).body["items"]
     assert [(i["title"]["id"], i["position"]) for i in items] == [("night-train", 5.0)]
+    # The remembered deletion outlives no play started before it: the next deletion of the
+    # profile clears it (the new play is live, so this one is remembered in its place).
+    count = "SELECT COUNT(*) AS n, MAX(deleted_at) AS at FROM history_deletions"
+    before = await rc.control.db.fetchone(count)
+    assert before["n"] == 1
+    rc.clock.advance(1)
+    assert (await rc.api.delete(f"{history}/night-train", token=user.token)).status == 204
+    after = await rc.control.db.fetchone(count)
+    assert after["n"] == 1 and after["at"] == rc.clock.now > before["at"]
+    assert (await event(rc, user, again["play_id"], kind="stop", position=6.0)).status == 200
+    assert (await rc.api.delete(f"{history}/other-title", token=user.token)).status == 204
+    assert (await rc.control.db.fetchone(count))["n"] == 0
+
+
+async def test_a_heartbeat_waiting_on_a_history_deletion_sees_it(
+    start_control: Any, keys_file: Path
+) -> None:
+    """PostgreSQL, READ COMMITTED: a deletion commits while a heartbeat of the title's play
+    waits for it. The heartbeat's position write must not bring the title back (a statement
+    whose snapshot predates the deletion would re-insert the row it deleted)."""
+    rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
+    if rc.control.db.dialect != "postgresql":
+        pytest.skip("SQLite runs one write transaction at a time: no interleaving to test")
+    await add_title(rc, duration=6000.0)
+    user = await rc.subscriber("premium")
+    history = f"/v1/profiles/{user.profile_id}/history"
+    play = (await start(rc, user)).body["play_id"]
+    rc.clock.advance(10)
+    assert (await event(rc, user, play, kind="progress", position=10.0)).status == 200
+    rc.clock.advance(1)
+    pool = rc.control.db._pool
+    async with pool.connection() as deleter, pool.connection() as watcher:
+        async with deleter.transaction():
+            # The deletion by hand, up to its commit (LibraryStore.delete_history's statements).
+            now = rc.clock()
+            await deleter.execute(
+                "UPDATE plays SET updated_at = updated_at WHERE account_id = %s"
+                " AND profile_id = %s AND stopped_at IS NULL",
+                (user.account_id, user.profile_id),
+            )
+            await deleter.execute(
+                "DELETE FROM watch_state WHERE profile_id = %s", (user.profile_id,)
+            )
+            await deleter.execute(
+                "INSERT INTO history_deletions (profile_id, title_id, deleted_at)"
+                " VALUES (%s, %s, %s)",
+                (user.profile_id, "night-train", now),
+            )
+            rc.clock.advance(10)
+            heartbeat = asyncio.ensure_future(event(rc, user, play, kind="progress", position=20.0))
+            while True:  # until the heartbeat waits on the deletion's lock
+                cur = await watcher.execute(
+                    "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                )
+                row = await cur.fetchone()
+                assert not heartbeat.done(), heartbeat.result()
+                if row and row["n"] >= 1:
+                    break
+                await asyncio.sleep(0.01)
+        e = await heartbeat  # the deletion committed as its transaction block ended
+    assert e.status == 200, e
+    assert (await play_row(rc, play))["position"] == 20.0  # the play goes on
+    assert (await rc.api.get(history, token=user.token)).body["items"] == []
 
 
 async def test_session_mpd_access_caching_and_failures(
@@ -1375,14 +1439,14 @@ async def test_session_mpd_access_caching_and_failures(
     ladder = summary(key, json.loads((upstream / "v" / key / "manifest.json").read_text()))[
         "renditions"
     ]
-    served = {"mpd": 0, "status": 200}
+    served: dict[str, Any] = {"mpd": 0, "status": 200, "body": mpd_text}
 
     async def edge_mpd(request: web.Request) -> web.Response:
         assert request.path.startswith("/_t/") and request.path.endswith(f"/v/{key}/manifest.mpd")
         served["mpd"] += 1
         if served["status"] != 200:
             return web.Response(status=served["status"])
-        return web.Response(body=mpd_text, content_type="application/dash+xml")
+        return web.Response(body=served["body"], content_type="application/dash+xml")
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", edge_mpd)
@@ -1426,6 +1490,16 @@ async def test_session_mpd_access_caching_and_failures(
             d2 = await rc.api.get(path, token=user.token)
             assert d2.status == expected, d2
         served["status"] = 200
+        # An error page answered with 200 is not an MPD: 409, and not kept.
+        served["body"] = b"<html><body>upstream error</body></html>"
+        rc.control.playback._mpds.clear()
+        fetched = served["mpd"]
+        for _ in range(2):
+            d4 = await rc.api.get(path, token=user.token)
+            assert d4.status == 409 and d4.body["error"]["code"] == "not_playable", d4
+        assert served["mpd"] == fetched + 2
+        served["body"] = mpd_text
+        assert (await rc.api.get(path, token=user.token)).status == 200
         rc.control.playback._mpds.clear()
         await runner.cleanup()  # the edge is gone, kept-alive connections too
         d3 = await rc.api.get(path, token=user.token)

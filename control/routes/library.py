@@ -95,7 +95,7 @@ async def get_history(request: web.Request) -> web.Response:
 async def delete_history(request: web.Request) -> web.Response:
     profile = await profile_of(request)
     title_id = _title_id(request)
-    await _library(request).delete_history(profile.id, title_id)
+    await _library(request).delete_history(profile, title_id)
     return web.Response(status=204)
 
 
@@ -246,9 +246,7 @@ OPENAPI: dict[str, Any] = {
                     "Last writer wins on client_at (the device's clock when it saw the "
                     "position); on equal client_at the larger position wins. An older write "
                     "arriving later is not applied: 200 with applied false and the stored "
-                    "state. So is a write made before the title was deleted from the "
-                    "profile's history (nothing stored: the answer has no position). "
-                    "client_at more than 300 s ahead of the server clock is a 400. A "
+                    "state. client_at more than 300 s ahead of the server clock is a 400. A "
                     "series needs episode_id (one of its episodes, else 404); a movie takes "
                     "none (404). finished: position >= 95 % of duration; a position past "
                     "the duration is clamped to it."
@@ -450,15 +448,9 @@ OPENAPI: dict[str, Any] = {
         },
         "ResumeState": {
             "type": "object",
-            # The stored state's fields are absent when nothing is stored (a write older
-            # than the title's deletion from history).
-            "required": ["applied", "title_id"],
+            "required": ["applied", "title_id", *_STATE_REQUIRED],
             "properties": {
-                "applied": {
-                    "type": "boolean",
-                    "description": "false: a later write won, or the title was deleted from "
-                    "history after this write was made",
-                },
+                "applied": {"type": "boolean", "description": "false: a later write won"},
                 "title_id": {"type": "string"},
                 **_STATE_PROPS,
             },

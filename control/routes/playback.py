@@ -209,8 +209,10 @@ OPENAPI: dict[str, Any] = {
                     "each with its own token for its directory. Only when the plan allows every "
                     "rendition of the title (capped false) do edges[].url_prefix, "
                     "manifests.hls_edge and manifests.dash carry a title-wide token; for a "
-                    "capped plan they are null and the player plays through manifests.hls. 503 "
-                    "when playback is not configured or no edge is reachable."
+                    "capped plan the first two are null, the player plays through "
+                    "manifests.hls, and manifests.dash is this service's per-session MPD "
+                    "(its own token, needing no headers either). 503 when playback is not "
+                    "configured or no edge is reachable."
                 ),
                 "tags": ["playback"],
                 "security": _SESSION,
@@ -422,8 +424,8 @@ OPENAPI: dict[str, Any] = {
                     "type": "boolean",
                     "description": (
                         "true when the plan withholds some of the title's renditions: no "
-                        "title-wide token then (edges[].url_prefix, manifests.hls_edge and "
-                        "manifests.dash are null); play manifests.hls"
+                        "title-wide token then (edges[].url_prefix and manifests.hls_edge are "
+                        "null); play manifests.hls, or manifests.dash (a per-session MPD)"
                     ),
                 },
                 "renditions": {
