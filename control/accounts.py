@@ -30,9 +30,9 @@ Rate limits are token buckets (control.auth.take_token, clock = ``control.clock`
 database (table rate_buckets), so every worker and instance draws on the same ones. A bucket
 this process alone has emptied (control.auth.RateLimiter) refuses without a database write: a
 flood from one address costs the database nothing. ``rate_limits.enabled: false`` turns them
-off. The client
-address keying the per-address ones is control.clients.client_address: the TCP peer, or,
-when that is a ``trusted_proxies`` reverse proxy, the client it names in X-Forwarded-For.
+off. The client address keying the per-address ones is control.clients.client_address: the
+TCP peer, or, when that is a ``trusted_proxies`` reverse proxy, the client it names in
+X-Forwarded-For.
 
 Serialisation. Writes that check a per-account cap (sessions, profiles) first bump
 ``accounts.version`` inside their transaction, which serialises them per account on both

@@ -411,14 +411,13 @@ class PlaybackService:
         playlist = f"{control_url.rstrip('/')}{playlist_path(play_id)}?" + urlencode(
             {"token": playlist_token}
         )
-        if first:
-            dash: str | None = first + "manifest.mpd"
-        elif mpd_token is not None:
+        if first:  # the whole ladder: the origin's MPD on the first edge
+            dash = first + "manifest.mpd"
+        else:  # capped: this service's per-session MPD
+            assert mpd_token is not None
             dash = f"{control_url.rstrip('/')}{mpd_path(play_id)}?" + urlencode(
                 {"token": mpd_token}
             )
-        else:  # pragma: no cover - a full ladder always has a title-wide token
-            dash = None
         return {
             "play_id": play_id,
             "lease_expires_at": lease_expires_at,
