@@ -1375,6 +1375,8 @@ async def test_heartbeats_of_a_play_started_before_a_history_deletion_do_not_res
     assert (await rc.control.db.fetchone(count))["n"] == 0
 
 
+# PostgreSQL only: SQLite runs one write transaction at a time, so nothing interleaves.
+@pytest.mark.parametrize("control_db_url", ["postgresql"], indirect=True)
 async def test_a_heartbeat_waiting_on_a_history_deletion_sees_it(
     start_control: Any, keys_file: Path
 ) -> None:
@@ -1382,8 +1384,7 @@ async def test_a_heartbeat_waiting_on_a_history_deletion_sees_it(
     waits for it. The heartbeat's position write must not bring the title back (a statement
     whose snapshot predates the deletion would re-insert the row it deleted)."""
     rc = await start_control(playback=playback_config(keys_file, fallback_url="http://edges.test"))
-    if rc.control.db.dialect != "postgresql":
-        pytest.skip("SQLite runs one write transaction at a time: no interleaving to test")
+    assert rc.control.db.dialect == "postgresql"
     await add_title(rc, duration=6000.0)
     user = await rc.subscriber("premium")
     history = f"/v1/profiles/{user.profile_id}/history"
