@@ -134,44 +134,42 @@ async def stop_playback(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.get("/v1/playback/{play_id}/master.m3u8")
-async def session_playlist(request: web.Request) -> web.Response:
+async def _session_manifest(request: web.Request, *, dash: bool) -> web.Response:
+    """A per-session manifest (HLS playlist, or with ``dash`` a capped plan's MPD): for the
+    manifest's own ``?token=`` (no header needed, as native players fetch it) or the bearer
+    session of the play's account; a token that does not verify is 404, like another
+    account's play."""
     play_id = _play_id(request)
     service = _service(request)
+    build = service.mpd if dash else service.playlist
     token = request.query.get("token")
-    if token is not None and service.playlist_token_ok(play_id, token, client_address(request)):
-        text = await service.playlist(None, play_id)
+    if token is not None and service.playlist_token_ok(
+        play_id, token, client_address(request), dash=dash
+    ):
+        text = await build(None, play_id)
     elif token is not None and "Authorization" not in request.headers:
         raise NotFound("no such playback session")
     else:
         s = await session_of(request)
-        text = await service.playlist(s.account_id, play_id)
+        text = await build(s.account_id, play_id)
     return web.Response(
         text=text,
-        headers={"Content-Type": HLS_CONTENT_TYPE, "Cache-Control": "no-store"},
+        headers={
+            "Content-Type": DASH_CONTENT_TYPE if dash else HLS_CONTENT_TYPE,
+            "Cache-Control": "no-store",
+        },
     )
+
+
+@routes.get("/v1/playback/{play_id}/master.m3u8")
+async def session_playlist(request: web.Request) -> web.Response:
+    return await _session_manifest(request, dash=False)
 
 
 @routes.get("/v1/playback/{play_id}/manifest.mpd")
 async def session_mpd(request: web.Request) -> web.Response:
-    """A capped plan's per-session DASH MPD (control/mpd.py); the same access rules as the
-    session playlist, with the MPD's own ``?token=``."""
-    play_id = _play_id(request)
-    service = _service(request)
-    token = request.query.get("token")
-    if token is not None and service.playlist_token_ok(
-        play_id, token, client_address(request), dash=True
-    ):
-        text = await service.mpd(None, play_id)
-    elif token is not None and "Authorization" not in request.headers:
-        raise NotFound("no such playback session")
-    else:
-        s = await session_of(request)
-        text = await service.mpd(s.account_id, play_id)
-    return web.Response(
-        text=text,
-        headers={"Content-Type": DASH_CONTENT_TYPE, "Cache-Control": "no-store"},
-    )
+    """A capped plan's per-session DASH MPD (control/mpd.py)."""
+    return await _session_manifest(request, dash=True)
 
 
 # -- OpenAPI -------------------------------------------------------------------------------
