@@ -69,6 +69,7 @@ play (SQLite's write transactions are serialised anyway).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -234,6 +235,7 @@ class PlaybackService:
         self.control = control
         # Origin MPDs by media key, for capped plans' DASH sessions (`_origin_mpd`).
         self._mpds: TTLCache[str, bytes] = TTLCache(maxsize=256, ttl=300)
+        self._mpd_fetches: dict[str, asyncio.Future[bytes]] = {}  # fetches under way, by key
         # Kept-alive connections to steering, made on first use (control/steer.py).
         self._steering: SteeringClient | None = None
 
@@ -558,10 +560,20 @@ class PlaybackService:
     async def _origin_mpd(self, key: str, edge_url: str) -> bytes:
         """The origin's manifest.mpd of ``key``, fetched through ``edge_url`` with a short
         title-wide token of our own, kept a few minutes (a title's files do not change under
-        one media key)."""
+        one media key). Concurrent misses of one key share one fetch: a new release's first
+        minute of capped DASH starts makes one request, not one each."""
         cached = self._mpds.get(key)
         if cached is not None:
             return cached
+        pending = self._mpd_fetches.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch_mpd(key, edge_url))
+            self._mpd_fetches[key] = pending
+            pending.add_done_callback(lambda _: self._mpd_fetches.pop(key, None))
+        # shield: a caller that gives up (its client left) does not cancel the others' fetch.
+        return await asyncio.shield(pending)
+
+    async def _fetch_mpd(self, key: str, edge_url: str) -> bytes:
         c = self.control
         keys = c.config.playback.signing_keys
         assert keys is not None
@@ -589,7 +601,6 @@ class PlaybackService:
         except MpdError as exc:
             log.warning("event=mpd_unusable key=%s error=%r", key, str(exc)[:200])
             raise NotPlayable("the title has no usable DASH manifest") from None
-        # Concurrent first requests for one key each read it (the edge coalesces them).
         self._mpds[key] = body
         return body
 

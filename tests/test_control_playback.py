@@ -1474,6 +1474,12 @@ async def test_session_mpd_access_caching_and_failures(
         # The account's bearer session works too; the MPD was read once.
         b = await rc.api.get(path, token=user.token)
         assert b.status == 200 and served["mpd"] == 1, b
+        # Concurrent misses (the cache emptied) share one read.
+        service = rc.control.playback
+        service._mpds.clear()
+        burst = await asyncio.gather(*(service._origin_mpd(key, edge_url) for _ in range(8)))
+        assert burst == [mpd_text] * 8 and served["mpd"] == 2
+        assert service._mpd_fetches == {}
         # The HLS playlist's token is not the MPD's, nor is another play's.
         hls_token = parse_qs(urlsplit(r.body["manifests"]["hls"]).query)["token"][0]
         for bad in (hls_token, token[:-2] + "xx"):
