@@ -185,6 +185,20 @@ _PLAY_PARAM = {
 }
 _NULLABLE_STRING = {"type": ["string", "null"]}
 
+
+def _manifest_token(description: str) -> dict[str, Any]:
+    """The ``token`` query parameter of a per-session manifest route."""
+    return {
+        "name": "token",
+        "in": "query",
+        "required": False,
+        "description": description,
+        # Tokens are [A-Za-z0-9_.-] (edge/tokens.py); a manifest token is about 200
+        # characters at most (a 64-character play id, IPv6-bound).
+        "schema": {"type": "string", "maxLength": 512, "pattern": "^[A-Za-z0-9_.-]*$"},
+    }
+
+
 OPENAPI: dict[str, Any] = {
     "paths": {
         "/v1/playback": {
@@ -300,22 +314,10 @@ OPENAPI: dict[str, Any] = {
                 "tags": ["playback"],
                 "security": [*_SESSION, {}],
                 "parameters": [
-                    {
-                        "name": "token",
-                        "in": "query",
-                        "required": False,
-                        "description": (
-                            "the playlist token of manifests.hls (signed with the edge keys for "
-                            "this path, expiring with the session's edge tokens)"
-                        ),
-                        # Tokens are [A-Za-z0-9_.-] (edge/tokens.py); a playlist token is
-                        # about 200 characters at most (a 64-character play id, IPv6-bound).
-                        "schema": {
-                            "type": "string",
-                            "maxLength": 512,
-                            "pattern": "^[A-Za-z0-9_.-]*$",
-                        },
-                    }
+                    _manifest_token(
+                        "the playlist token of manifests.hls (signed with the edge keys for "
+                        "this path, expiring with the session's edge tokens)"
+                    )
                 ],
                 "responses": {
                     "200": {
@@ -343,19 +345,7 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "tags": ["playback"],
                 "security": [*_SESSION, {}],
-                "parameters": [
-                    {
-                        "name": "token",
-                        "in": "query",
-                        "required": False,
-                        "description": "the MPD token of manifests.dash",
-                        "schema": {
-                            "type": "string",
-                            "maxLength": 512,
-                            "pattern": "^[A-Za-z0-9_.-]*$",
-                        },
-                    }
-                ],
+                "parameters": [_manifest_token("the MPD token of manifests.dash")],
                 "responses": {
                     "200": {
                         "description": "the MPD (ISO/IEC 23009-1)",
