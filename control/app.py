@@ -63,6 +63,7 @@ class Control:
         self.home: Any = None
         self.playback: Any = None
         self.feed: Any = None
+        self.fill: Any = None  # control.fill.FillFeed: the popularity feed for edge fill
         self.tasks: list[asyncio.Task[None]] = []
         self.started = False
         # Singleton jobs (recommendation schedule, origin feed poller) run in the primary
@@ -357,6 +358,7 @@ async def running(c: Control, *, background: bool = True) -> AsyncIterator[Contr
     from .billing import BillingStore
     from .catalog import CatalogStore
     from .feed import FeedReader
+    from .fill import FillFeed
     from .home import HomeStore
     from .library import LibraryStore
     from .playback import PlaybackService
@@ -371,6 +373,7 @@ async def running(c: Control, *, background: bool = True) -> AsyncIterator[Contr
         c.home = HomeStore(c)
         c.playback = PlaybackService(c)
         c.feed = FeedReader(c)
+        c.fill = FillFeed(c)
         await c.catalog.load()
         if background:
             # The catalog index is long-lived: keep the collector from walking it on every

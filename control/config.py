@@ -158,6 +158,23 @@ class RecommendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FillConfig:
+    # The bearer token steering presents to GET /v1/fill/popularity (first line of the file
+    # that is not blank or a # comment; re-read on every request). None: the route is off (404).
+    credential_file: Path | None = None
+    # A token the origin accepts for GET /v/<key>/manifest.json (its fill credential), to
+    # learn each title's files; None: catalog_feed.credential_file is sent.
+    origin_credential_file: Path | None = None
+    half_life_days: float = 1.0  # days for a play's weight in the popularity of files to halve
+    window_days: float = 7.0  # days of plays counted (by their last update); older are ignored
+    boost_views: float = 50.0  # views credited to a new release on its publication day
+    boost_days: float = 3.0  # days the editorial boost fades over; 0: no boost
+    single_file_share: float = 0.0  # share of a rendition's views its single.mp4 gets, 0..1
+    cache_ttl: float = 300.0  # seconds a computed feed is served before it is recomputed
+    limit: int = 20000  # objects answered when the request gives no limit
+
+
+@dataclass(frozen=True, slots=True)
 class ControlConfig:
     listen: Listen = field(default_factory=lambda: Listen("127.0.0.1", 8090))
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -174,6 +191,7 @@ class ControlConfig:
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
     catalog_feed: CatalogFeedConfig = field(default_factory=CatalogFeedConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    fill: FillConfig = field(default_factory=FillConfig)
     log_level: str = "info"  # one of LOG_LEVELS
     workers: int = 1  # serving processes sharing the port (SO_REUSEPORT), 1..64
 
@@ -335,8 +353,13 @@ class _R(KeyChecker):
 TOP: Final = (
     "listen", "database", "public_url", "cors_origins", "trusted_proxies", "max_body",
     "sessions", "kdf", "rate_limits", "plans", "profiles", "playback", "catalog_feed",
-    "recommend", "log_level", "workers",
+    "recommend", "fill", "log_level", "workers",
 )  # fmt: skip
+FILL_KEYS: Final = (
+    "credential_file", "origin_credential_file", "half_life_days", "window_days", "boost_views",
+    "boost_days", "single_file_share", "cache_ttl", "limit",
+)  # fmt: skip
+MAX_FILL_LIMIT: Final = 100_000
 PLAN_KEYS: Final = (
     "id", "name", "max_streams", "max_height", "price_cents", "currency", "period_days",
 )  # fmt: skip
@@ -513,6 +536,8 @@ def parse_config(
         min_support=r.integer(_get(rc, "min_support", 2), "recommend.min_support", 1, 1000),
     )
 
+    fill = _fill(r, top.get("fill"))
+
     level = _get(top, "log_level", "info")
     if level not in LOG_LEVELS:
         raise r.fail(
@@ -533,8 +558,51 @@ def parse_config(
         playback=playback,
         catalog_feed=catalog_feed,
         recommend=recommend,
+        fill=fill,
         log_level=level,
         workers=r.integer(_get(top, "workers", 1), "workers", 1, 64),
+    )
+
+
+def _token_file(r: _R, raw: object, key: str) -> Path | None:
+    """A credential file holding a token of at least MIN_FEED_TOKEN_CHARS characters."""
+    path = r.file(raw, key)
+    if path is None:
+        return None
+    try:
+        token = read_credential_file(path)
+    except (OSError, ValueError) as exc:
+        raise r.fail(key, str(exc)) from None
+    if len(token) < MIN_FEED_TOKEN_CHARS:
+        raise r.fail(
+            key,
+            f"the token in {str(path)!r} has {len(token)} characters; use at least "
+            f"{MIN_FEED_TOKEN_CHARS} (python -m edge keygen makes good secrets)",
+        )
+    return path
+
+
+def _fill(r: _R, raw: object) -> FillConfig:
+    f = r.mapping(raw, "fill", FILL_KEYS)
+    d = FillConfig()
+    return FillConfig(
+        credential_file=_token_file(r, f.get("credential_file"), "fill.credential_file"),
+        origin_credential_file=_token_file(
+            r, f.get("origin_credential_file"), "fill.origin_credential_file"
+        ),
+        half_life_days=r.number(
+            _get(f, "half_life_days", d.half_life_days), "fill.half_life_days", 0.01, 365
+        ),
+        window_days=r.number(_get(f, "window_days", d.window_days), "fill.window_days", 0.01, 365),
+        boost_views=r.number(_get(f, "boost_views", d.boost_views), "fill.boost_views", 0, 1e9),
+        boost_days=r.number(_get(f, "boost_days", d.boost_days), "fill.boost_days", 0, 365),
+        single_file_share=r.number(
+            _get(f, "single_file_share", d.single_file_share), "fill.single_file_share", 0, 1
+        ),
+        cache_ttl=r.duration(
+            _get(f, "cache_ttl", d.cache_ttl), "fill.cache_ttl", 1, DAY, zero=True
+        ),
+        limit=r.integer(_get(f, "limit", d.limit), "fill.limit", 1, MAX_FILL_LIMIT),
     )
 
 
@@ -574,6 +642,7 @@ __all__ = [
     "ConfigError",
     "ControlConfig",
     "DatabaseConfig",
+    "FillConfig",
     "PlanConfig",
     "PlaybackConfig",
     "ProfilesConfig",

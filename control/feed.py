@@ -33,6 +33,15 @@ bumped by the same transaction, see control/catalog.py):
   when that id is taken), name = the key prettified, maturity `NEW_TITLE_MATURITY` (unrated
   media stays hidden from children's profiles until an administrator rates it), released now.
 
+Files of each title, for proactive fill (control/fill.py). A published entry also asks for the
+key's files (``media_files_wanted``, in the page's transaction; a withdrawal deletes the key's
+``media_files`` at once). After each poll a separate task (`FeedReader.sync_files`) reads
+``GET {url}/v/<key>/manifest.json`` (with ``fill.origin_credential_file``, the origin's fill
+credential, or else the catalog credential), validates its ``files`` strictly
+(`parse_media_files`) and replaces the key's rows. It never holds up the catalog: a failure
+(network, status, a document refused) is logged, counted (``control_media_files_fetches``) and
+left wanted for the next round; transient ones are retried a few times first.
+
 A malformed entry is logged, counted (``control_feed_skipped``) and skipped; it does not
 hold up the entries after it. A failed poll (connection refused, timeout, a status other
 than 200, a body that is not a feed page) is logged and counted and the loop goes on.
@@ -45,6 +54,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +72,7 @@ from .catalog import (
 )
 from .db import Tx
 from .errors import Conflict
+from .popularity import MediaFile
 
 __all__ = [
     "NEW_TITLE_MATURITY",
@@ -69,6 +80,7 @@ __all__ = [
     "FeedEntry",
     "FeedError",
     "FeedReader",
+    "parse_media_files",
     "parse_page",
 ]
 
@@ -79,6 +91,15 @@ FETCH_TIMEOUT = 15.0  # seconds for one page, connecting included
 MAX_PAGE_BYTES = 16 * 1024 * 1024
 MAX_PAGES_PER_POLL = 1000  # 500k entries: a catch-up after a long outage, then the next poll
 MAX_RENDITIONS = 64
+# Files of a title (the origin's manifest.json): a 3 h title in 2 s segments at 10 renditions
+# has ~55k; the document is ~150 bytes a file.
+MAX_MEDIA_FILES = 100_000
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+MAX_FILE_SIZE = 2**50  # bytes (1 PiB): anything larger is not a file size
+MANIFEST_TRIES = 3  # reads of one manifest per round when the failure may be transient
+MANIFEST_RETRY_S = 0.2  # first pause between them (doubling)
+MANIFESTS_PER_ROUND = 50  # keys read per round; the rest wait for the next one
+_XXH64 = re.compile(r"[0-9a-fA-F]{16}\Z")
 
 
 class FeedError(Exception):
@@ -199,6 +220,64 @@ def parse_page(doc: Any, since: int) -> tuple[list[FeedEntry], list[tuple[Any, s
     return entries, skipped, last
 
 
+class _Transient(Exception):
+    """A manifest read that may succeed if tried again (network, 5xx, 429)."""
+
+
+def parse_media_files(doc: Any, key: str) -> list[MediaFile]:
+    """The files of the origin's ``/v/<key>/manifest.json`` (origin/package.py
+    build_manifest), or ValueError naming what is wrong. Every path must stay below the
+    title's base path (relative, no '..' or empty segment, the catalog's path alphabet), every
+    size be a whole number of bytes, every xxh64 16 hex digits; a path listed twice, or a
+    document naming another title, is refused whole rather than half used."""
+    if not isinstance(doc, dict):
+        raise ValueError("the manifest is not a JSON object")
+    title = doc.get("title")
+    if title is not None and title != key:
+        raise ValueError(f"the manifest is of title {str(title)[:80]!r}, not {key!r}")
+    files = doc.get("files")
+    if not isinstance(files, list):
+        raise ValueError("the manifest has no files list")
+    if len(files) > MAX_MEDIA_FILES:
+        raise ValueError(f"the manifest lists {len(files)} files, more than {MAX_MEDIA_FILES}")
+    out: list[MediaFile] = []
+    seen: set[str] = set()
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise ValueError(f"files[{i}] is not an object")
+        path = safe_relative_path(f.get("path"))
+        if path is None:
+            raise ValueError(
+                f"files[{i}].path {str(f.get('path'))[:80]!r} is not a safe relative path"
+            )
+        if path in seen:
+            raise ValueError(f"files[{i}].path {path!r} is listed twice")
+        seen.add(path)
+        size = f.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_SIZE:
+            raise ValueError(f"files[{i}].size is not a number of bytes")
+        digest = f.get("xxh64")
+        if not isinstance(digest, str) or not _XXH64.match(digest):
+            raise ValueError(f"files[{i}].xxh64 is not 16 hex digits")
+        out.append(MediaFile(path, size, digest.lower()))
+    return out
+
+
+async def _want_files(tx: Tx, e: FeedEntry, now: float) -> None:
+    """A publication asks for the key's files (a re-publication again: they may differ); a
+    withdrawal removes them at once, so fill stops placing what players can no longer get."""
+    if e.published:
+        await tx.execute(
+            "INSERT INTO media_files_wanted (media_key, seq, attempts, last_error, updated_at)"
+            " VALUES (?, ?, 0, NULL, ?) ON CONFLICT (media_key) DO UPDATE SET"
+            " seq = excluded.seq, attempts = 0, last_error = NULL, updated_at = excluded.updated_at",
+            (e.key, e.seq, now),
+        )
+    else:
+        await tx.execute("DELETE FROM media_files_wanted WHERE media_key = ?", (e.key,))
+        await tx.execute("DELETE FROM media_files WHERE media_key = ?", (e.key,))
+
+
 class FeedReader:
     def __init__(self, control: Any) -> None:
         self.control = control
@@ -207,6 +286,8 @@ class FeedReader:
         self.seq_key = f"feed_seq:{self.url}"
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._files_lock = asyncio.Lock()
+        self._files_wake = asyncio.Event()
 
     @property
     def enabled(self) -> bool:
@@ -215,6 +296,7 @@ class FeedReader:
     def start(self) -> None:
         if self.enabled:
             self.control.spawn(self._loop(), "catalog_feed")
+            self.control.spawn(self._files_loop(), "media_files")
 
     def wake(self) -> None:
         """Poll now rather than at the end of the interval."""
@@ -320,6 +402,7 @@ class FeedReader:
                 raise _Stale()
             touched: set[str] = set()
             for entry in entries:
+                await _want_files(tx, entry, now)
                 what, title_id = await self._apply_entry(tx, entry, now)
                 if title_id:
                     touched.add(title_id)
@@ -339,10 +422,155 @@ class FeedReader:
             log.warning("event=feed_entry_skipped url=%s seq=%s reason=%r", self.url, seq, reason)
         if entries:
             metrics.inc("control_feed_entries", n=len(entries))
+            if any(e.published for e in entries):
+                self._files_wake.set()
         for what, key in ops:
             metrics.inc("control_catalog_changes", "origin", what)
             log.info("event=feed_entry_applied op=%s key=%s", what, key)
         return len(entries)
+
+    # -- the files of each title ------------------------------------------------------------
+
+    async def _files_loop(self) -> None:
+        while True:
+            self._files_wake.clear()
+            try:
+                await self.sync_files()
+            except Exception as exc:  # a database hiccup: the work stays wanted
+                log.warning("event=media_files_sync_failed error=%r", str(exc)[:200])
+            try:
+                await asyncio.wait_for(self._files_wake.wait(), timeout=self.config.interval)
+            except TimeoutError:
+                pass
+
+    @property
+    def files_busy(self) -> bool:
+        """Whether a round of manifest reads is running or due now (for tests and tools)."""
+        return self._files_lock.locked() or self._files_wake.is_set()
+
+    async def sync_files(self, max_keys: int = MANIFESTS_PER_ROUND) -> tuple[int, int]:
+        """Read the manifests of up to ``max_keys`` wanted keys (those failing least first) and
+        store their files: (keys stored, keys failed)."""
+        if not self.enabled:
+            raise FeedDisabled("no origin catalog feed is configured (catalog_feed.url)")
+        c = self.control
+        async with self._files_lock:
+            rows = await c.db.fetchall(
+                "SELECT media_key, seq, attempts FROM media_files_wanted"
+                " ORDER BY attempts, seq LIMIT ?",
+                (max_keys,),
+            )
+            stored = failed = 0
+            for row in rows:
+                key, seq = str(row["media_key"]), int(row["seq"])
+                if await self._sync_key(key, seq, int(row["attempts"])):
+                    stored += 1
+                else:
+                    failed += 1
+            left = await c.db.fetchone("SELECT COUNT(*) AS n FROM media_files_wanted")
+            c.metrics.set_gauge("control_media_files_wanted", float(left["n"] if left else 0))
+        return stored, failed
+
+    async def _sync_key(self, key: str, seq: int, attempts: int) -> bool:
+        c = self.control
+        outcome, error = "ok", ""
+        files: list[MediaFile] = []
+        try:
+            files = parse_media_files(await self._manifest(key), key)
+        except FeedError as exc:
+            outcome, error = "error", str(exc)
+        except ValueError as exc:
+            outcome, error = "invalid", str(exc)
+        now = c.clock()
+        if outcome != "ok":
+            await c.db.execute(
+                "UPDATE media_files_wanted SET attempts = attempts + 1, last_error = ?,"
+                " updated_at = ? WHERE media_key = ? AND seq = ?",
+                (error[:300], now, key, seq),
+            )
+            c.metrics.inc("control_media_files_fetches", outcome)  # once recorded
+            log.warning(
+                "event=media_files_fetch outcome=%s key=%s attempts=%d error=%r",
+                outcome,
+                key,
+                attempts + 1,
+                error[:300],
+            )
+            return False
+        async with c.db.transaction() as tx:
+            # Still wanted for this publication? A withdrawal or a newer publication since the
+            # read makes these files stale: leave them to the next round.
+            row = await tx.fetchone(
+                "SELECT seq FROM media_files_wanted WHERE media_key = ?", (key,)
+            )
+            if row is None or int(row["seq"]) != seq:
+                log.info("event=media_files_fetch outcome=superseded key=%s", key)
+                return False
+            await tx.execute("DELETE FROM media_files WHERE media_key = ?", (key,))
+            await tx.executemany(
+                "INSERT INTO media_files (media_key, path, size, xxh64) VALUES (?, ?, ?, ?)",
+                [(key, f.path, f.size, f.xxh64) for f in files],
+            )
+            await tx.execute("DELETE FROM media_files_wanted WHERE media_key = ?", (key,))
+        # Counted once stored (tests and operators read "ok" as "the files are there").
+        c.metrics.inc("control_media_files_fetches", "ok")
+        log.info(
+            "event=media_files_fetch outcome=ok key=%s files=%d bytes=%d",
+            key,
+            len(files),
+            sum(f.size for f in files),
+        )
+        return True
+
+    async def _manifest(self, key: str) -> Any:
+        """The parsed ``/v/<key>/manifest.json``, tried up to MANIFEST_TRIES times while the
+        failure may be transient; FeedError when it cannot be had, ValueError when it is not
+        JSON."""
+        pause = MANIFEST_RETRY_S
+        for attempt in range(1, MANIFEST_TRIES + 1):
+            try:
+                return await self._manifest_once(key)
+            except _Transient as exc:
+                if attempt == MANIFEST_TRIES:
+                    raise FeedError(str(exc)) from None
+            await asyncio.sleep(pause)
+            pause *= 2
+        raise AssertionError("unreachable")
+
+    async def _manifest_once(self, key: str) -> Any:
+        assert self.url is not None
+        cred = self.control.config.fill.origin_credential_file or self.config.credential_file
+        assert cred is not None
+        try:
+            token = read_credential_file(cred)
+        except (OSError, ValueError) as exc:
+            raise FeedError(f"cannot read the credential file: {exc}") from None
+        try:
+            async with self.control.http.get(
+                f"{self.url}/v/{key}/manifest.json",
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+            ) as r:
+                if r.status >= 500 or r.status == 429:
+                    raise _Transient(f"the origin answered {r.status}")
+                if r.status != 200:
+                    hint = (
+                        " (check fill.origin_credential_file: the origin's fill credential)"
+                        if r.status in (401, 403)
+                        else ""
+                    )
+                    raise FeedError(f"the origin answered {r.status}{hint}")
+                body = bytearray()
+                async for chunk in r.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        raise ValueError(f"a manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Transient(f"cannot reach the origin: {type(exc).__name__}: {exc}") from None
+        try:
+            return json.loads(bytes(body).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"the manifest is not JSON: {exc}") from None
 
     async def _apply_entry(self, tx: Tx, e: FeedEntry, now: float) -> tuple[str, str]:
         """Apply one entry: (op for the changes counter or '', the title id touched or '')."""

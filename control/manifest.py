@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlencode, urlsplit
 
@@ -111,6 +111,9 @@ class SteerAnswerError(ValueError):
 class RankedEdge:
     id: str  # the edge id (a valid HLS pathway id); FALLBACK_EDGE_ID for playback.fallback_url
     url: str  # base URL, scheme://host[:port][/path], no trailing slash
+    # Steering's site of the edge ('' for the fallback URL or when not given): where the play
+    # is counted in fill's popularity (control/fill.py). Not part of the edge's identity.
+    site: str = field(default="", compare=False)
 
 
 def _base_url(value: object) -> str | None:
@@ -152,7 +155,10 @@ def parse_steer_answer(doc: object) -> list[RankedEdge]:
         if edge_id in seen or edge_id == STEERING_ORIGIN_ID:
             continue
         seen.add(edge_id)
-        out.append(RankedEdge(edge_id, url))
+        site = entry.get("site")
+        if not isinstance(site, str) or not _PATHWAY_RE.fullmatch(site):
+            site = ""  # steering's origin has none; a name we would not accept is dropped
+        out.append(RankedEdge(edge_id, url, site))
     if not out:
         raise SteerAnswerError("the steering answer names no usable edge")
     return out

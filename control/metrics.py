@@ -30,12 +30,25 @@ undeclared name or wrong labels, so the exposition and this table cannot drift a
 ``control_recompute_runs_total{outcome}``        recommendation batch runs: ok | error
 ``control_recompute_profiles_total``             profiles whose rows the batch stored
 ``control_invoices_total{event}``                created | paid | void
+``control_fill_feed_requests_total{outcome}``    GET /v1/fill/popularity: ok | fallback (the
+                                                 region had no plays: all-regions scores)
+                                                 | unauthorized | bad_request | disabled
+``control_fill_feed_computations_total{outcome}`` popularity computations (plays read, views
+                                                 decayed): ok | error; at most one per
+                                                 fill.cache_ttl while answers are asked for
+``control_media_files_fetches_total{outcome}``   reads of an origin title's manifest.json for
+                                                 its files: ok | error (network, status;
+                                                 retried on the next poll) | invalid (a
+                                                 document refused; retried too)
 ``control_db_errors_total{kind}``                integrity | unavailable | other
 ==========================================  ==============================================
 
 Gauges: ``control_catalog_titles`` (titles in the search index), ``control_catalog_version``,
 ``control_recompute_last_success_seconds`` (unix time of the last successful batch, wherever it
-ran; 0 before the first run).
+ran; 0 before the first run), ``control_fill_feed_objects`` (objects in the last popularity
+feed answered), ``control_fill_feed_compute_seconds`` (how long the last popularity computation
+took), ``control_media_files_wanted`` (media keys whose manifest.json is still to be read, after
+the last round of reads).
 
 Several workers (``workers: N``): each process counts its own requests, and every second
 writes a snapshot of its series to a directory the parent made; ``/metrics``, whichever worker
@@ -76,6 +89,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "control_recompute_runs": ("Recommendation batch runs", ("outcome",)),
     "control_recompute_profiles": ("Profiles whose home rows the batch stored", ()),
     "control_invoices": ("Invoice events", ("event",)),
+    "control_fill_feed_requests": ("Fill popularity feed requests by outcome", ("outcome",)),
+    "control_fill_feed_computations": ("Fill popularity computations", ("outcome",)),
+    "control_media_files_fetches": ("Reads of origin manifests for title files", ("outcome",)),
     "control_db_errors": ("Database errors", ("kind",)),
 }
 
@@ -83,6 +99,9 @@ GAUGES: dict[str, str] = {
     "control_catalog_titles": "Published titles in this process's search index",
     "control_catalog_version": "Catalog version this process's index reflects",
     "control_recompute_last_success_seconds": "Unix time of the last successful batch run",
+    "control_fill_feed_objects": "Objects in the last fill popularity feed answered",
+    "control_fill_feed_compute_seconds": "Seconds the last fill popularity computation took",
+    "control_media_files_wanted": "Media keys whose origin manifest is still to be read",
 }
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

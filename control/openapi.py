@@ -131,14 +131,19 @@ def _document() -> dict[str, Any]:
             "version": "1",
             "description": (
                 "Accounts, profiles, subscriptions, catalog, search, personal state, "
-                "recommendations and playback authorization. Every error has the Error shape; "
+                "recommendations, playback authorization and the popularity feed of "
+                "proactive fill. Every error has the Error shape; "
                 "lists are paginated with offset/limit."
             ),
         },
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"session": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "session": {"type": "http", "scheme": "bearer"},
+                # Steering's token for the fill feed (fill.credential_file), not a session.
+                "fill": {"type": "http", "scheme": "bearer"},
+            },
         },
     }
 

@@ -15,7 +15,9 @@ Starting playback (`PlaybackService.authorize`) for a profile and a title (or ep
    ``control_leases_expired``), the live ones counted (``stopped_at IS NULL AND
    lease_expires_at > now``), and at ``plan.max_streams`` the start is refused (409
    ``stream_limit``, details ``{max_streams, active}``); otherwise the play row is inserted
-   with a lease of ``playback.lease_ttl``. A lease is live only while ``lease_expires_at >
+   with a lease of ``playback.lease_ttl``, the region it is served from (the site of
+   steering's first edge, '' on the fallback URL) and the plan's ``max_height``, which the
+   proactive fill's popularity of files reads (control/fill.py). A lease is live only while ``lease_expires_at >
    now``, so a player that vanishes frees its slot after ``lease_ttl`` with no reaper;
 3. the steering service's ranked edges for the title and the player's address (control/steer.py;
    steering's own last resort, the origin, is left out: it refuses players); on a timeout or
@@ -93,6 +95,7 @@ from .errors import (
     Unavailable,
 )
 from .fields import page
+from .fill import REGION_RE
 from .library import upsert_position
 from .manifest import (
     BASE_PATHWAY,
@@ -193,6 +196,17 @@ _START_STATE = (
     " LEFT JOIN watch_state w ON w.profile_id = ? AND w.title_id = ? AND w.episode_id = ?"
     " LEFT JOIN subscriptions s ON s.account_id = ?"
 )
+
+
+def play_region(edges: list[RankedEdge], fallback: bool) -> str:
+    """The region a play counts for in the popularity of files: the site of steering's first
+    edge, where the player is sent first (and where fill placed the title's files). '' when
+    steering was not asked or failed (playback.fallback_url): such plays count only in the
+    all-regions scores. A site that is not a valid region name is recorded as ''."""
+    if fallback or not edges:
+        return ""
+    site = edges[0].site
+    return site if REGION_RE.fullmatch(site) else ""
 
 
 def _playable_duration(meta: dict[str, Any]) -> float | None:
@@ -349,10 +363,12 @@ class PlaybackService:
             )
             active = await self._active_streams(account_id, now, tx)
             if edges is not None and active < plan.max_streams:
+                # region and max_height feed the popularity of files for proactive fill
+                # (control/fill.py): in the same INSERT, so a start costs no extra query.
                 await tx.execute(
                     "INSERT INTO plays (id, account_id, profile_id, title_id, episode_id,"
                     " media_key, device, client_ip, started_at, updated_at, lease_expires_at,"
-                    " edges) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " edges, region, max_height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         play_id,
                         account_id,
@@ -366,6 +382,8 @@ class PlaybackService:
                         now,
                         lease_expires_at,
                         json.dumps([{"id": e.id, "url": e.url} for e in edges]),
+                        play_region(edges, fallback),
+                        plan.max_height,
                     ),
                 )
                 granted = True

@@ -221,6 +221,32 @@ CREATE TABLE history_deletions (
 )
 """
 
+# Proactive fill (control/fill.py, control/feed.py). A play records where it was served from
+# (the site of steering's first edge; '' when playback fell back to playback.fallback_url) and
+# its plan's height cap at the start, for the per-region popularity of files. media_files: the
+# files of each published media key, from the origin's /v/<key>/manifest.json, replaced on a
+# re-publication and removed on a withdrawal; media_files_wanted: the keys whose manifest is
+# still to be read (the feed entry's seq; a failed read is retried on the next poll, and a
+# restart finds the work where it was left).
+V7 = """
+ALTER TABLE plays ADD COLUMN region TEXT NOT NULL DEFAULT '';
+ALTER TABLE plays ADD COLUMN max_height INTEGER;
+CREATE TABLE media_files (
+    media_key TEXT NOT NULL,
+    path TEXT NOT NULL,                     -- relative to /v/<media_key>/
+    size BIGINT NOT NULL,                   -- bytes
+    xxh64 TEXT NOT NULL,                    -- 16 lower-case hex digits, of the whole file
+    PRIMARY KEY (media_key, path)
+);
+CREATE TABLE media_files_wanted (
+    media_key TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,                    -- the feed entry that published it
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated_at DOUBLE PRECISION NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "plays: ranked edges of the session", V2),
@@ -228,4 +254,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "invoices: kind (period or upgrade)", V4),
     Migration(5, "rate_buckets: rate limits shared by instances", V5),
     Migration(6, "history_deletions: deleted history stays deleted", V6),
+    Migration(7, "fill: plays' region and height cap, media files", V7),
 )

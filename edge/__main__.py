@@ -6,6 +6,8 @@
     python -m edge check-config --config /etc/opencdn/edge.yaml
     python -m edge sign --config /etc/opencdn/edge.yaml --prefix /v/title1/ --ttl 3600
     python -m edge keygen KEYID >> /etc/opencdn/edge-keys
+    python -m edge fill --now --config /etc/opencdn/edge.yaml     # fill now, wait, summarise
+    python -m edge fill --status --config /etc/opencdn/edge.yaml  # what is left to fill
 
 Signals while serving: TERM/INT stop gracefully (drain, then exit), USR1 starts
 draining, USR2 stops draining, HUP re-reads the signing key file.
@@ -15,14 +17,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-from .config import ConfigError, EdgeConfig, add_config_arguments, config_from_args
+from .config import (
+    ConfigError,
+    EdgeConfig,
+    add_config_arguments,
+    config_from_args,
+    read_credential_file,
+)
 from .store import CacheInUse
 from .tokens import generate_key_line, load_keys, sign, signed_path
 from .units import format_size
@@ -120,6 +132,80 @@ def check_environment(config: EdgeConfig) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+def _admin_call(config: EdgeConfig, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """One request to the running edge's admin API (stdlib only: the CLI has no loop)."""
+    admin = config.admin.listen
+    if admin is None:
+        raise OSError("the admin API is disabled (admin.listen: null)")
+    host = admin.host if admin.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    req = urllib.request.Request(f"http://{host}:{admin.port}{path}", method=method)
+    if config.admin.credential_file is not None:
+        token = read_credential_file(config.admin.credential_file)
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace").strip()
+        return exc.code, {"error": body}
+
+
+def _summary(st: dict[str, Any]) -> str:
+    by = st.get("bytes_by_source", {})
+    return (
+        f"fill {st.get('state')}: manifest {st.get('manifest')}, "
+        f"{st.get('objects_done', 0)}/{st.get('objects_total', 0)} objects, "
+        f"{format_size(st.get('bytes_done', 0))}/{format_size(st.get('bytes_total', 0))} "
+        f"({st.get('objects_left', 0)} objects, {format_size(st.get('bytes_left', 0))} left); "
+        f"downloaded: peer {format_size(by.get('peer', 0))}, "
+        f"parent {format_size(by.get('parent', 0))}, origin {format_size(by.get('origin', 0))}"
+        + (f"; last error: {st['last_error']}" if st.get("last_error") else "")
+    )
+
+
+def fill_command(config: EdgeConfig, args: argparse.Namespace) -> int:
+    """``fill --status`` / ``fill --now``: talk to the running edge's admin API."""
+    try:
+        if args.status:
+            code, st = _admin_call(config, "GET", "/admin/fill")
+            if code != 200:
+                print(f"error: status {code}: {st.get('error', '')}", file=sys.stderr)
+                return 1
+            if not st.get("enabled", True):
+                print("fill disabled (needs steering.url and fill.enabled: true)")
+                return 0
+            print(_summary(st))
+            print(json.dumps(st, indent=2, sort_keys=True))
+            return 0
+        code, st = _admin_call(config, "POST", "/admin/fill")
+        if code != 202:
+            print(f"error: status {code}: {st.get('error', '')}", file=sys.stderr)
+            return 1
+        print(f"fill started: manifest {st.get('manifest')}, window {st.get('window')}")
+        if args.no_wait:
+            return 0
+        deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+        # The 202 already says "filling"; wait for the runner to report the run's end.
+        started = st.get("last_started_at")
+        while True:
+            time.sleep(0.2)
+            code, st = _admin_call(config, "GET", "/admin/fill")
+            if code != 200:
+                print(f"error: status {code}: {st.get('error', '')}", file=sys.stderr)
+                return 1
+            if not st.get("running") and st.get("last_started_at") != started:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                print("timed out waiting; the fill goes on: " + _summary(st), file=sys.stderr)
+                return 1
+        print(_summary(st))
+        return 0 if st.get("state") == "done" else 1
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot reach the edge's admin API: {exc}", file=sys.stderr)
+        return 1
+
+
 def _reload(edge: object) -> None:
     edge.key_mtime = 0.0  # type: ignore[attr-defined]
     edge.reload_keys()  # type: ignore[attr-defined]
@@ -150,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     p_sign.add_argument("--base-url", help="URL of the edge (default: from the listen address)")
     p_key = sub.add_parser("keygen", help="print a new signing key line for the key file")
     p_key.add_argument("key_id")
+    p_fill = sub.add_parser("fill", help="run the nightly fill now, or show its status")
+    add_config_arguments(p_fill)
+    what = p_fill.add_mutually_exclusive_group(required=True)
+    what.add_argument("--now", action="store_true", help="start a fill now, ignoring the window")
+    what.add_argument("--status", action="store_true", help="show the fill status and exit")
+    p_fill.add_argument("--no-wait", action="store_true", help="with --now: return at once")
+    p_fill.add_argument(
+        "--timeout", type=float, default=0.0, help="with --now: give up waiting after SECS"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "keygen":
@@ -159,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
-    if args.command == "sign" and not args.upstream:
+    if args.command in ("sign", "fill") and not args.upstream:
         # Signing needs only the keys (and the listen address for the URL); an upstream
         # is required to serve, not to sign, so do not insist on one here.
         args.upstream = ["http://upstream.unused.invalid"]
@@ -203,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             base = f"http://{host}:{config.listen.port}"
         print(base.rstrip("/") + signed_path(token, args.prefix))
         return 0
+
+    if args.command == "fill":
+        return fill_command(config, args)
 
     setup_logging(config.log.level)
     try:

@@ -28,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .config import EdgeConfig
 from .config import read_credential_file as read_credential
 from .errors import HTTPError
+from .fill import FillRunner
 from .handler import EdgeHandler
 from .health import Health, HealthFacts, evaluate
 from .http1 import normalize_path
@@ -53,6 +54,7 @@ class Edge:
         self.handler: EdgeHandler | None = None
         self.server: Server | None = None
         self.verifier: TokenVerifier | None = None
+        self.fill: FillRunner | None = None  # None when fill is disabled
         self.key_mtime = 0.0
         self.draining = False
         self.heartbeats_sent = 0
@@ -111,6 +113,7 @@ class Edge:
             "overload": overload,
             "bad_requests": dict(server.bad_requests) if server else {},
             "health": self.health().state,
+            "fill": self.fill.metrics() if self.fill else None,
         }
 
     def health_body(self) -> tuple[int, str, bytes]:
@@ -163,6 +166,7 @@ def create_app(config: EdgeConfig) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_server_ctx)
+    app.cleanup_ctx.append(_fill_ctx)
     app.cleanup_ctx.append(_heartbeat_ctx)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
@@ -171,6 +175,8 @@ def create_app(config: EdgeConfig) -> web.Application:
     app.router.add_post("/admin/purge", _purge)
     app.router.add_post("/admin/reload-keys", _reload_keys)
     app.router.add_get("/admin/stats", _stats)
+    app.router.add_post("/admin/fill", _fill_now)
+    app.router.add_get("/admin/fill", _fill_status)
     return app
 
 
@@ -281,7 +287,32 @@ def heartbeat_doc(edge: Edge) -> dict[str, Any]:
         "disk_capacity": store.capacity if store else 0,
         "cached_bytes": store.used if store else 0,
         "sent_at": time.time(),
+        **({"fill": edge.fill.heartbeat()} if edge.fill is not None else {}),
     }
+
+
+async def _fill_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The nightly fill runner: only with a steering service to read manifests from."""
+    edge = app[EDGE]
+    cfg = edge.config
+    if not cfg.fill.enabled or cfg.steering.url is None:
+        yield
+        return
+    assert edge.store is not None and edge.puller is not None and edge.upstreams is not None
+    runner = FillRunner(
+        cfg,
+        edge.store,
+        edge.puller,
+        edge.upstreams.session,
+        lambda: edge.verifier.keys if edge.verifier is not None else None,
+    )
+    edge.fill = runner
+    task = asyncio.get_running_loop().create_task(runner.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await runner.stop()
 
 
 async def _heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -399,6 +430,28 @@ async def _reload_keys(request: web.Request) -> web.Response:
     edge = request.app[EDGE]
     edge.key_mtime = 0.0
     return web.json_response({"reloaded": edge.reload_keys()})
+
+
+async def _fill_now(request: web.Request) -> web.Response:
+    """Start a fill now, whatever the window: 202 with the status, 409 if one runs."""
+    _authorize(request)
+    fill = request.app[EDGE].fill
+    if fill is None:
+        raise web.HTTPConflict(
+            text="fill is disabled (needs steering.url and fill.enabled: true)\n"
+        )
+    if not fill.request():
+        raise web.HTTPConflict(text="a fill is already running\n")
+    status = fill.status()
+    status["state"] = "filling"
+    return web.json_response(status, status=202)
+
+
+async def _fill_status(request: web.Request) -> web.Response:
+    fill = request.app[EDGE].fill
+    if fill is None:
+        return web.json_response({"state": "idle", "enabled": False})
+    return web.json_response({"enabled": True, **fill.status()})
 
 
 async def _stats(request: web.Request) -> web.Response:

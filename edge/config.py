@@ -37,9 +37,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from edge.fillplan import FillWindow, parse_window
 from edge.units import (
     UnitError,
     describe_value,
@@ -55,6 +57,8 @@ __all__ = [
     "CacheDir",
     "ConfigError",
     "EdgeConfig",
+    "FillConfig",
+    "FillParent",
     "LimitsConfig",
     "Listen",
     "LogConfig",
@@ -189,6 +193,35 @@ class SteeringConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FillParent:
+    # A parent (mid-tier) cache asked after the site's peers and before the origin; it pulls
+    # through. http(s)://host[:port][/prefix].
+    url: str
+    # File holding a bearer credential for it. None: no Authorization header.
+    credential_file: Path | None = None
+
+
+DEFAULT_FILL_WINDOW: Final = FillWindow(2 * 60, 14 * 60)
+
+
+@dataclass(frozen=True, slots=True)
+class FillConfig:
+    # Nightly proactive fill from the manifest steering computes for this edge. It runs only
+    # with steering.url set (the manifest comes from there).
+    enabled: bool = True
+    # Local time "HH:MM-HH:MM" (may wrap midnight). 02:00-14:00: after the evening peak has
+    # died down and ending before the afternoon ramp-up, as Open Connect fills off-peak.
+    window: FillWindow = DEFAULT_FILL_WINDOW
+    # IANA time zone of the window; None: the machine's local time zone.
+    timezone: str | None = None
+    rate: int | None = None  # bytes/s for all fill downloads together; None: unlimited
+    burst: int = 4 * MiB  # bytes the rate limiter lets through at once
+    concurrency: int = 2  # objects downloaded at once (low: players come first)
+    parents: tuple[FillParent, ...] = ()  # asked in order after peers, before the origin
+    manifest_retry: float = 60.0  # seconds between manifest attempts after a failure
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"  # one of LOG_LEVELS
     access_log: bool = True
@@ -213,6 +246,7 @@ class EdgeConfig:
     limits: LimitsConfig = LimitsConfig()
     steering: SteeringConfig = SteeringConfig()
     log: LogConfig = LogConfig()
+    fill: FillConfig = FillConfig()
 
 
 # Which dataclass describes the mapping at each dotted key, for unknown-key checks and for
@@ -227,6 +261,8 @@ _SECTIONS: Final[dict[str, type]] = {
     "limits": LimitsConfig,
     "steering": SteeringConfig,
     "log": LogConfig,
+    "fill": FillConfig,
+    "fill.parents[]": FillParent,
 }
 
 # Override keys set by the flags of add_config_arguments, and the flag named in their errors.
@@ -628,6 +664,7 @@ def _build(ctx: _Context, raw: object) -> EdgeConfig:
         limits=_build_limits(top.section("limits", LimitsConfig)),
         steering=_build_steering(top.section("steering", SteeringConfig)),
         log=_build_log(top.section("log", LogConfig)),
+        fill=_build_fill(top.section("fill", FillConfig)),
     )
 
 
@@ -777,6 +814,63 @@ def _build_steering(sec: _Section) -> SteeringConfig:
         url=sec.get("url", _http_url, None),
         credential_file=sec.get("credential_file", lambda k, v: _credential_file(ctx, k, v), None),
         interval=sec.get("interval", lambda k, v: _duration(ctx, k, v), 1.0),
+    )
+
+
+def _build_fill(sec: _Section) -> FillConfig:
+    ctx = sec.ctx
+    d = FillConfig()
+
+    def window(k: str, v: object) -> FillWindow:
+        try:
+            return parse_window(v)
+        except ValueError as exc:
+            hint = "; quote it in YAML" if isinstance(v, int | float) else ""
+            raise ctx.error(k, f"{exc}{hint}") from None
+
+    def timezone(k: str, v: object) -> str:
+        text = _string(ctx, k, v, 'an IANA time zone name like "Europe/Paris"')
+        try:
+            if not text or text.startswith(("/", ".")) or ".." in text:
+                raise ValueError(text)
+            ZoneInfo(text)
+        except (ValueError, ZoneInfoNotFoundError, OSError):
+            raise ctx.error(
+                k, f'unknown time zone "{text}" (IANA names like "Europe/Paris")'
+            ) from None
+        return text
+
+    parents: list[FillParent] = []
+    for key, item in sec.items("parents") or []:
+        if isinstance(item, str):
+            raise ctx.error(key, f'expected a mapping, got {_shown(item)}; write "- url: {item}"')
+        psec = _Section(ctx, key, item, FillParent)
+
+        def http_url(k: str, v: object) -> str:
+            url = _url(ctx, k, v)
+            if not url.startswith(("http://", "https://")):
+                raise ctx.error(k, f"expected an http:// or https:// URL, got {url!r}")
+            return url
+
+        parents.append(
+            FillParent(
+                url=psec.require("url", http_url, 'missing required key "url"'),
+                credential_file=psec.get(
+                    "credential_file", lambda k, v: _credential_file(ctx, k, v), None
+                ),
+            )
+        )
+    return FillConfig(
+        enabled=sec.get("enabled", lambda k, v: _boolean(ctx, k, v), d.enabled),
+        window=sec.get("window", window, d.window),
+        timezone=sec.get("timezone", timezone, d.timezone),
+        rate=sec.get("rate", lambda k, v: _rate(ctx, k, v), d.rate),
+        burst=sec.get("burst", lambda k, v: _size(ctx, k, v, 64 * KiB), d.burst),
+        concurrency=sec.get("concurrency", lambda k, v: _integer(ctx, k, v, 1, 64), d.concurrency),
+        parents=tuple(parents),
+        manifest_retry=sec.get(
+            "manifest_retry", lambda k, v: _duration(ctx, k, v), d.manifest_retry
+        ),
     )
 
 

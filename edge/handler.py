@@ -65,6 +65,18 @@ Answer = bool | Coroutine[Any, Any, bool]
 Segment = bytes | tuple[SliceHandle, int, int]
 
 
+def only_if_cached(req: Request) -> bool:
+    """RFC 9111 §5.2.1.7: the client wants a stored response or 504, never an upstream fetch.
+
+    Directive names are case-insensitive (§5.2); repeated fields arrive joined with ", ".
+    Peers of a site ask each other this way during the nightly fill.
+    """
+    value = req.headers.get("cache-control")
+    if value is None:
+        return False
+    return any(d.strip().lower() == "only-if-cached" for d in value.split(","))
+
+
 def _log_path(path: str) -> str:
     """The request path as logged: never a token, wherever it appears."""
     return redact(split_token(path)[1])
@@ -75,6 +87,13 @@ class ObjectChanged(EdgeError):
 
     status = 502
     reason = "changed"
+
+
+class NotCached(EdgeError):
+    """An only-if-cached request for something not (or no longer) completely cached."""
+
+    status = 504
+    reason = "not_cached"
 
 
 class EdgeHandler:
@@ -207,12 +226,57 @@ class EdgeHandler:
         # The hit path: the slice holding the first requested byte is cached.
         range_value = req.headers.get("range")
         h = self.store.open_slice(path, self._first_slice(range_value))
+        cached_only = only_if_cached(req)
+        if cached_only:
+            return self._cached_only(conn, req, t0, keep, path, h)
         if h is None:
             return self._slow(conn, req, t0, keep, path)
         meta = h.meta
         plan = self._plan(conn, req, t0, keep, meta, True)
         if plan is None:
             return keep
+        return self._serve_hit(conn, req, t0, keep, path, meta, plan)
+
+    def _cached_only(
+        self,
+        conn: Connection,
+        req: Request,
+        t0: float,
+        keep: bool,
+        path: str,
+        h: SliceHandle | None,
+    ) -> Answer:
+        """``Cache-Control: only-if-cached``: answer from the cache or 504, never upstream.
+
+        Every slice the response needs must be cached (for a whole-object GET: every slice);
+        preconditions and ranges are evaluated as on any hit. A slice evicted between this
+        check and its turn to be sent aborts the response rather than fetch it.
+        """
+        counts = self.stats.only_if_cached
+        plan = None
+        if h is not None:
+            plan = self._plan(conn, req, t0, keep, h.meta, True, path)
+            if plan is None:
+                counts["hit"] += 1  # a complete short answer (304, 412, 416) from the cache
+                return keep
+        if plan is None or not plan.hit:
+            counts["miss"] += 1
+            return self._simple(conn, req, t0, 504, "not cached (only-if-cached)", keep)
+        counts["hit"] += 1
+        assert h is not None
+        return self._serve_hit(conn, req, t0, keep, path, h.meta, plan, cached_only=True)
+
+    def _serve_hit(
+        self,
+        conn: Connection,
+        req: Request,
+        t0: float,
+        keep: bool,
+        path: str,
+        meta: ObjectMeta,
+        plan: Plan,
+        cached_only: bool = False,
+    ) -> Answer:
         if req.method == "HEAD":
             conn.write(plan.head)
             self.stats.ttfb["hit"].observe(time.perf_counter() - t0)
@@ -222,7 +286,7 @@ class EdgeHandler:
         if segments is None:
             # Some slice is missing or stale, or the body is large: the slow path resolves
             # (and fills) slices one at a time as it sends them.
-            return self._slow(conn, req, t0, keep, path)
+            return self._slow(conn, req, t0, keep, path, cached_only)
         # Every handle in ``segments`` is acquired: neither evicted nor closed until released.
         conn.write(plan.head)
         self.stats.ttfb["hit"].observe(time.perf_counter() - t0)
@@ -395,11 +459,21 @@ class EdgeHandler:
         self._done(conn, req, t0, status, "hit", sent)
         return keep
 
-    async def _slow(self, conn: Connection, req: Request, t0: float, keep: bool, path: str) -> bool:
+    async def _slow(
+        self,
+        conn: Connection,
+        req: Request,
+        t0: float,
+        keep: bool,
+        path: str,
+        cached_only: bool = False,
+    ) -> bool:
         try:
-            meta, hit, pending = await self._locate(path, req.headers.get("range"))
+            meta, hit, pending = await self._locate(path, req.headers.get("range"), cached_only)
         except NotFound:
             return self._simple(conn, req, t0, 404, "not found", keep)
+        except NotCached:
+            return self._simple(conn, req, t0, 504, "not cached (only-if-cached)", keep)
         except RangeNotSatisfiable as exc:
             return self._simple(
                 conn,
@@ -433,7 +507,7 @@ class EdgeHandler:
             for part_head, r in plan.parts:
                 if part_head:
                     conn.write(part_head)
-                await self._send_range(conn, path, meta, r.start, r.end, pending)
+                await self._send_range(conn, path, meta, r.start, r.end, pending, cached_only)
             if plan.closing:
                 conn.write(plan.closing)
             await conn.drain()
@@ -460,7 +534,7 @@ class EdgeHandler:
     # -- finding the object -------------------------------------------------------------
 
     async def _locate(
-        self, path: str, range_value: str | None
+        self, path: str, range_value: str | None, cached_only: bool = False
     ) -> tuple[ObjectMeta, bool, Fill | None]:
         """The object's metadata, from the cache if any slice we need is there.
 
@@ -470,6 +544,8 @@ class EdgeHandler:
         h = self.store.open_slice(path, idx)
         if h is not None:
             return h.meta, True, None
+        if cached_only:
+            raise NotCached("evicted before an only-if-cached response started")
         if idx:
             h = self.store.open_slice(path, 0)
             if h is not None:
@@ -507,6 +583,7 @@ class EdgeHandler:
         start: int,
         end: int,
         pending: Fill | None,
+        cached_only: bool = False,
     ) -> None:
         store = self.store
         stats = self.stats
@@ -528,6 +605,9 @@ class EdgeHandler:
                 await self._from_handle(conn, h, pos - base, n)
                 stats.bytes_hit += n
             else:
+                if cached_only:
+                    # only-if-cached promised no upstream fetch: cut the response instead.
+                    raise ObjectChanged("slice evicted during an only-if-cached response")
                 stats.lookups_miss += 1
                 if pending is not None and pending.index == idx:
                     fill = pending

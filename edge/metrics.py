@@ -42,6 +42,20 @@ connections_open                            gauge    client connections now
 connections_total                           counter  client connections accepted
 egress_bytes_per_second                     gauge    smoothed egress rate
 health_state{state}                         gauge    1 for the current state: ok|degraded|draining
+only_if_cached_total{result}                counter  Cache-Control: only-if-cached requests (peer
+                                                     fill): hit = served from cache, miss = 504
+fill_bytes_total{source}                    counter  bytes the nightly fill downloaded, by source:
+                                                     peer|parent|origin
+fill_objects_total{source,result}           counter  fill attempts per object and source: ok,
+                                                     present (no download), not_cached (peer
+                                                     504), not_found, error, checksum, not_stored
+fill_verify_failures_total                  counter  filled objects whose xxh64 did not match the
+                                                     manifest (purged, next source tried)
+fill_pending_objects / fill_pending_bytes   gauge    manifest objects and bytes not yet filled
+fill_manifest_objects                       gauge    objects of the current manifest
+fill_manifest_bytes                         gauge    bytes of the current manifest
+fill_pinned_bytes                           gauge    bytes pinned by the fill (= cache_pinned_bytes)
+fill_running                                gauge    1 while a fill runs, else 0
 ==========================================  =======  ==============================================
 """
 
@@ -97,6 +111,8 @@ class EdgeStats:
         self.token_rejections: dict[str, int] = {}
         self.overload: dict[str, int] = {}
         self.client_aborts = 0
+        # Cache-Control: only-if-cached requests (peer fill), answered from cache or 504.
+        self.only_if_cached = {"hit": 0, "miss": 0}
         self.ttfb = {"hit": Histogram(), "miss": Histogram()}
 
     def count_status(self, status: int) -> None:
@@ -108,10 +124,11 @@ def _counter(name: str, doc: str, value: float) -> Metric:
 
 
 def _labelled(kind: type, name: str, doc: str, label: str, items: dict[Any, int]) -> Metric:
-    m: Metric = kind(name, doc, labels=[label])
+    m: Any = kind(name, doc, labels=[label])  # a *MetricFamily; Metric lacks add_metric
     for k, v in sorted(items.items(), key=lambda kv: str(kv[0])):
         m.add_metric([str(k)], v)
-    return m
+    out: Metric = m
+    return out
 
 
 class EdgeCollector(Collector):
@@ -200,7 +217,49 @@ class EdgeCollector(Collector):
             ("edge_egress_bytes_per_second", "Smoothed egress rate", "egress"),
         ):
             yield GaugeMetricFamily(name, doc, value=s[key])
+        yield _labelled(
+            CounterMetricFamily,
+            "edge_only_if_cached",
+            "only-if-cached requests: hit served, miss answered 504",
+            "result",
+            st.only_if_cached,
+        )
+        yield from _fill_metrics(s.get("fill"), s["pinned"])
         g = GaugeMetricFamily("edge_health_state", "1 for the current state", labels=["state"])
         for state in ("ok", "degraded", "draining"):
             g.add_metric([state], 1.0 if s["health"] == state else 0.0)
         yield g
+
+
+def _fill_metrics(fill: dict[str, Any] | None, pinned: int) -> Iterator[Metric]:
+    """The nightly fill's families; zeros when fill is disabled (the families always exist)."""
+    fill = fill or {}
+    yield _labelled(
+        CounterMetricFamily,
+        "edge_fill_bytes",
+        "Bytes downloaded by the nightly fill, by source",
+        "source",
+        fill.get("bytes") or {"peer": 0, "parent": 0, "origin": 0},
+    )
+    objects = CounterMetricFamily(
+        "edge_fill_objects",
+        "Fill attempts per object and source, by result",
+        labels=["source", "result"],
+    )
+    for (source, result), n in sorted((fill.get("objects") or {}).items()):
+        objects.add_metric([source, result], n)
+    yield objects
+    yield _counter(
+        "edge_fill_verify_failures",
+        "Filled objects rejected by the manifest checksum",
+        fill.get("verify_failures", 0),
+    )
+    for name, doc, key in (
+        ("edge_fill_pending_objects", "Manifest objects not yet filled", "pending_objects"),
+        ("edge_fill_pending_bytes", "Manifest bytes not yet filled", "pending_bytes"),
+        ("edge_fill_manifest_objects", "Objects in the current manifest", "manifest_objects"),
+        ("edge_fill_manifest_bytes", "Bytes in the current manifest", "manifest_bytes"),
+        ("edge_fill_running", "1 while a fill runs", "running"),
+    ):
+        yield GaugeMetricFamily(name, doc, value=fill.get(key, 0))
+    yield GaugeMetricFamily("edge_fill_pinned_bytes", "Bytes pinned by the fill", value=pinned)

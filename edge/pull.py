@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import xxhash
 
@@ -30,6 +30,9 @@ from .upstream import Upstreams
 log = logging.getLogger("edge.pull")
 
 MAX_RESUMES = 2
+
+# Called by a proactive fill after each chunk: (fill, bytes) -> waits as the rate limit says.
+Throttle = Callable[["Fill", int], Awaitable[None]]
 
 
 class Fill:
@@ -55,6 +58,8 @@ class Fill:
         "readers",
         "source",
         "task",
+        "throttle",
+        "upstreams",
         "verify",
         "writer",
         "written",
@@ -83,6 +88,10 @@ class Fill:
         self.source = ""
         self.task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # The nightly fill's own source (a peer or parent) and rate limiter; None: the
+        # configured upstreams, unthrottled (player misses).
+        self.upstreams: Upstreams | None = None
+        self.throttle: Throttle | None = None
 
     def _notify(self) -> None:
         w = self._waiter
@@ -139,7 +148,14 @@ class Puller:
         self.resumes = 0
 
     def get(
-        self, path: str, index: int, *, expect_etag: str | None = None, pinned: bool = False
+        self,
+        path: str,
+        index: int,
+        *,
+        expect_etag: str | None = None,
+        pinned: bool = False,
+        source: Upstreams | None = None,
+        throttle: Throttle | None = None,
     ) -> Fill:
         key = slice_key(path, index)
         fill = self.inflight.get(key)
@@ -147,18 +163,31 @@ class Puller:
             self.coalesced += 1
             return fill
         fill = Fill(key, path, index, expect_etag, pinned)
+        fill.upstreams = source
+        fill.throttle = throttle
         self.inflight[key] = fill
         self.idle.clear()
         self.started += 1
         fill.task = asyncio.get_running_loop().create_task(self._run(fill))
         return fill
 
-    async def prefetch(self, path: str, *, pinned: bool = False) -> tuple[ObjectMeta, int]:
+    async def prefetch(
+        self,
+        path: str,
+        *,
+        pinned: bool = False,
+        source: Upstreams | None = None,
+        throttle: Throttle | None = None,
+    ) -> tuple[ObjectMeta, int]:
         """Proactive insert: cache every slice of ``path``, optionally pinned.
 
         The nightly fill's entry point; it shares coalescing, validation and the
         store's insert path with player misses. Returns the object's metadata and
         how many slices had to be fetched (0 when all were cached already).
+
+        ``source`` replaces the configured upstreams (a peer or a parent) and
+        ``throttle`` paces the download; a slice a player miss is already fetching
+        is joined instead (its bytes are the player's, unthrottled).
         """
         store = self.store
         meta: ObjectMeta | None = None
@@ -173,7 +202,14 @@ class Puller:
             if h is not None:
                 meta = meta or h.meta
             else:
-                fill = self.get(path, index, expect_etag=meta.etag if meta else None, pinned=pinned)
+                fill = self.get(
+                    path,
+                    index,
+                    expect_etag=meta.etag if meta else None,
+                    pinned=pinned,
+                    source=source,
+                    throttle=throttle,
+                )
                 fill.readers += 1
                 try:
                     while not fill.done:
@@ -201,7 +237,7 @@ class Puller:
         except UpstreamError as exc:
             # Failures found mid-body (truncation, checksum, too many bytes) count like the rest.
             if not isinstance(exc, RangeNotSatisfiable) and fill.meta is not None:
-                self.upstreams.record_failure(exc.reason, fill.source, str(exc))
+                (fill.upstreams or self.upstreams).record_failure(exc.reason, fill.source, str(exc))
             if isinstance(exc, UpstreamMismatch) and exc.changed:
                 # The upstream holds a new version: every cached slice of the old one is
                 # stale. The request that found out fails; the next one starts afresh.
@@ -228,7 +264,17 @@ class Puller:
         size = self.store.slice_size
         start = fill.index * size
         end = start + size - 1
-        resp = await self.upstreams.fetch(fill.path, start, end, fill.expect_etag)
+        up = fill.upstreams or self.upstreams
+        try:
+            resp = await up.fetch(fill.path, start, end, fill.expect_etag)
+        except UpstreamError:
+            # A proactive fill's own source (a peer) failed, and a player has joined the
+            # fill meanwhile: players first, so fetch from the configured upstreams.
+            if up is self.upstreams or fill.readers <= 1:
+                raise
+            up = fill.upstreams = self.upstreams
+            fill.throttle = None
+            resp = await up.fetch(fill.path, start, end, fill.expect_etag)
         meta = resp.meta
         fill.meta = meta
         fill.length = resp.length
@@ -260,6 +306,8 @@ class Puller:
                     self._append(fill, chunk)
                     self.upstream_bytes += len(chunk)
                     fill._notify()
+                    if fill.throttle is not None:
+                        await fill.throttle(fill, len(chunk))
                 break
             except UpstreamError as exc:
                 # Resume where the broken transfer stopped, from the same or the next upstream,
@@ -275,7 +323,7 @@ class Puller:
                     fill.written,
                     str(exc),
                 )
-                resp = await self.upstreams.fetch(
+                resp = await up.fetch(
                     fill.path, start + fill.written, start + fill.length - 1, meta.etag
                 )
                 if resp.length != fill.length - fill.written:

@@ -9,6 +9,11 @@ number of retries.
 
 Besides HTTP(S), an upstream may be ``file:///dir``: a local directory (a
 mounted master copy, and the embedded default for a single-box setup).
+
+The nightly fill (``edge.fill``) uses the same client for its other sources: a
+peer edge of the site, asked with ``Cache-Control: only-if-cached`` and a path
+the filling edge signs itself (``UpstreamSpec.headers`` / ``sign_path``), whose
+504 means "not cached there" (``NotCached``), and parent caches.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import mimetypes
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -85,6 +90,16 @@ class UpstreamSpec:
     connect_timeout: float = 2.0
     read_timeout: float = 10.0
     fill_timeout: float = 120.0
+    # Extra request headers (a peer fill sends Cache-Control: only-if-cached).
+    headers: tuple[tuple[str, str], ...] = ()
+    # Maps the object path to the path requested (a peer fill adds a signed token).
+    sign_path: Callable[[str], str] | None = None
+
+
+class NotCached(UpstreamError):
+    """A peer asked with only-if-cached does not hold the object (504, RFC 9111 §5.2.1.7)."""
+
+    reason = "not_cached"
 
 
 def _parse_content_range(value: str) -> tuple[int, int, int] | None:
@@ -150,7 +165,7 @@ class Upstreams:
                         resp = await self._fetch_file(spec, path, start, end)
                     else:
                         resp = await self._fetch_http(spec, path, start, end)
-                except (NotFound, RangeNotSatisfiable):
+                except (NotFound, RangeNotSatisfiable, NotCached):
                     raise
                 except UpstreamMismatch as exc:
                     self.record_failure("mismatch", spec.url, str(exc))
@@ -172,8 +187,10 @@ class Upstreams:
     async def _fetch_http(
         self, spec: UpstreamSpec, path: str, start: int, end: int
     ) -> UpstreamResponse:
-        url = spec.url + quote(path, safe="/:@!$&'()*+,;=-._~")
+        wire_path = spec.sign_path(path) if spec.sign_path is not None else path
+        url = spec.url + quote(wire_path, safe="/:@!$&'()*+,;=-._~")
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
+        headers.update(spec.headers)
         if spec.credential:
             headers["Authorization"] = f"Bearer {spec.credential}"
         if self.node_id:
@@ -201,6 +218,10 @@ class Upstreams:
         status = resp.status
         if status in (404, 410):
             raise NotFound(path)
+        if status == 504 and any(
+            k.lower() == "cache-control" and "only-if-cached" in v.lower() for k, v in spec.headers
+        ):
+            raise NotCached(f"{spec.url} does not hold {path}", reason="not_cached")
         if status == 416:
             cr = h.get("Content-Range", "")
             if cr.startswith("bytes */") and cr[8:].isdigit() and int(cr[8:]) == 0 and start == 0:
@@ -213,10 +234,10 @@ class Upstreams:
             raise UpstreamError(f"status {status}", reason=f"status_{status}")
         clen = h.get("Content-Length")
         if status == 206:
-            cr = _parse_content_range(h.get("Content-Range", ""))
-            if cr is None:
+            parsed = _parse_content_range(h.get("Content-Range", ""))
+            if parsed is None:
                 raise UpstreamMismatch(f"206 with bad Content-Range {h.get('Content-Range')!r}")
-            a, b, size = cr
+            a, b, size = parsed
             if a != start or b != min(end, size - 1):
                 raise UpstreamMismatch(f"asked {start}-{end}, got {a}-{b}/{size}")
             length = b - a + 1

@@ -10,8 +10,30 @@ Routes (JSON unless noted):
 - ``GET /v1/steering/hls?key=K&client=IP`` and ``/v1/steering/dash?...``: HLS and DASH
   Content Steering manifests for players (pathway = edge id), reloaded every ``steering_ttl``.
 - ``POST /heartbeat``: an edge's heartbeat, with a Bearer heartbeat credential.
-- ``GET /fleet``: every edge's health, load, last heartbeat and reason, for operators.
+- ``GET /fleet``: every edge's health, load, last heartbeat and reason, and its fill
+  (``fill``: the progress of its last heartbeat; ``fill_manifest``: the manifest it is given).
+- ``GET /fill/manifest/{edge_id}``: the edge's fill manifest (``fillfeed.py``, ``fill.py``),
+  with a heartbeat credential. 404 when fill is disabled or the edge unknown, 503 with
+  Retry-After before the first feed read or while the edge's capacity is unknown.
+- ``POST /fill/refresh``: read every site's popularity feed now and answer when the manifests
+  are rebuilt (heartbeat credential), for operators and tests.
 - ``GET /healthz``, ``GET /metrics``.
+
+Metrics (``/metrics``, Prometheus):
+
+- ``steering_decisions_total{outcome}``: answers by outcome (local, fallback, origin, none).
+- ``steering_decision_seconds``: histogram of the time to compute an answer.
+- ``steering_edges{state}``: edges by health state.
+- ``steering_transitions_total``: edge health transitions.
+- ``steering_fill_feed_reads_total{site,result}``: popularity feed reads by result (ok,
+  unreachable, http_error, malformed, credential).
+- ``steering_fill_manifests_served_total``: fill manifests answered with 200/304.
+- ``steering_fill_manifest_objects{edge}``, ``steering_fill_manifest_bytes{edge}``: the size of
+  each edge's manifest in force.
+- ``steering_fill_churn_bytes{edge}``: bytes added plus removed by the last rebuild of the
+  edge's manifest.
+- ``steering_edge_fill_bytes_done{edge}``, ``steering_edge_fill_bytes_total{edge}``: fill
+  progress the edge reports in its heartbeats.
 
 Edges are probed actively (``GET <edge>/healthz`` every ``probe_interval``) besides their
 heartbeats; ``Fleet.tick`` runs four times a second so a dead edge leaves answers within
@@ -43,6 +65,8 @@ from prometheus_client.registry import Collector
 from edge.metrics import Histogram
 
 from .config import EdgeConfig, SteeringConfig
+from .fill import FillProgress, parse_progress
+from .fillfeed import FillDisabled, FillService, FillUnavailable, NoManifest
 from .health import Fleet, Heartbeat, UnknownEdge
 from .ring import BoundedLoads, Member, Ring
 
@@ -80,6 +104,7 @@ class Steering:
         self.latency = Histogram()
         self.transitions = 0
         self._tokens: tuple[int, list[str]] | None = None
+        self.fill = FillService(config, clock=clock)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -184,6 +209,7 @@ class Steering:
         self.fleet.set_edges(self.edges)
         self.fleet.dead_after = config.dead_after
         self.fleet.recover_after = config.recover_after
+        self.fill.configure(config)
         self._tokens = None
         self.bounded.clear()
         self.usable_key.clear()
@@ -241,6 +267,42 @@ class _Collector(Collector):
         yield CounterMetricFamily(
             "steering_transitions", "Edge health transitions", value=self.s.transitions
         )
+        fill = self.s.fill
+        c = CounterMetricFamily(
+            "steering_fill_feed_reads", "Popularity feed reads by result", labels=["site", "result"]
+        )
+        for (site, result), v in sorted(fill.reads.items()):
+            c.add_metric([site, result], v)
+        yield c
+        yield CounterMetricFamily(
+            "steering_fill_manifests_served",
+            "Fill manifests answered to edges",
+            value=fill.manifests_served,
+        )
+        edge_gauges = (
+            ("steering_fill_manifest_objects", "Objects in the edge's fill manifest"),
+            ("steering_fill_manifest_bytes", "Bytes of the edge's fill manifest"),
+            ("steering_fill_churn_bytes", "Bytes added plus removed by the last rebuild"),
+            ("steering_edge_fill_bytes_done", "Fill bytes done, as the edge reports"),
+            ("steering_edge_fill_bytes_total", "Fill bytes to do, as the edge reports"),
+        )
+        families = {n: GaugeMetricFamily(n, h, labels=["edge"]) for n, h in edge_gauges}
+        for edge_id in self.s.edges:
+            srv = fill.served.get(edge_id)
+            if srv is not None:
+                families["steering_fill_manifest_objects"].add_metric(
+                    [edge_id], len(srv.manifest.objects)
+                )
+                families["steering_fill_manifest_bytes"].add_metric([edge_id], srv.manifest.bytes)
+            if edge_id in fill.churn_bytes:
+                families["steering_fill_churn_bytes"].add_metric(
+                    [edge_id], fill.churn_bytes[edge_id]
+                )
+            prog = fill.progress.get(edge_id)
+            if prog is not None:
+                families["steering_edge_fill_bytes_done"].add_metric([edge_id], prog.bytes_done)
+                families["steering_edge_fill_bytes_total"].add_metric([edge_id], prog.bytes_total)
+        yield from families.values()
 
 
 STEERING = web.AppKey("steering", Steering)
@@ -265,11 +327,14 @@ def create_app(config: SteeringConfig) -> web.Application:
     app = web.Application()
     app[STEERING] = Steering(config)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(_fill_background)
     app.router.add_get("/v1/steer", _steer)
     app.router.add_get("/v1/steering/hls", _hls)
     app.router.add_get("/v1/steering/dash", _dash)
     app.router.add_post("/heartbeat", _heartbeat)
     app.router.add_get("/fleet", _fleet)
+    app.router.add_get("/fill/manifest/{edge_id}", _fill_manifest)
+    app.router.add_post("/fill/refresh", _fill_refresh)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/metrics", _metrics)
     return app
@@ -299,6 +364,32 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         for t in [ticker, *probers.values()]:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+async def _fill_background(app: web.Application) -> AsyncIterator[None]:
+    """The fill task: feeds every ``fill.refresh``, replans when capacities change. Its own
+    session: feed reads take seconds, far beyond the probes' 1 s timeout."""
+    fill = app[STEERING].fill
+    async with aiohttp.ClientSession() as session:
+        fill.session = session
+        task = asyncio.get_running_loop().create_task(_fill_loop(fill))
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await fill.settle()
+        fill.session = None
+
+
+async def _fill_loop(fill: FillService) -> None:
+    while True:
+        try:
+            await fill.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not end fill for good: log it, retry after a pause
+            log.exception("event=fill_task_failed")
+            await asyncio.sleep(min(fill.config.fill.refresh, 60.0))
 
 
 async def _ticker(s: Steering) -> None:
@@ -404,14 +495,19 @@ async def _dash(request: web.Request) -> web.Response:
     return web.json_response(doc, headers={"Cache-Control": "no-store"})
 
 
-async def _heartbeat(request: web.Request) -> web.Response:
-    s = request.app[STEERING]
+def _authorize(request: web.Request, s: Steering) -> None:
+    """A heartbeat credential (heartbeats and fill routes), compared in constant time."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     tokens = s.heartbeat_tokens()
     if scheme.lower() != "bearer" or not any(
         hmac.compare_digest(token.strip().encode(), t.encode()) for t in tokens
     ):
         raise web.HTTPUnauthorized(text="heartbeat credential required\n")
+
+
+async def _heartbeat(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    _authorize(request, s)
     try:
         doc = json.loads(await request.text(), parse_constant=_no_constant)
         if not isinstance(doc, dict):
@@ -426,14 +522,20 @@ async def _heartbeat(request: web.Request) -> web.Response:
             cached_bytes=int(doc.get("cached_bytes", 0)),
             sent_at=float(doc.get("sent_at", time.time())),
         )
+        # Optional fill progress (the edge's nightly fill); FeedError is a ValueError.
+        progress: FillProgress | None = (
+            None if doc.get("fill") is None else parse_progress(doc["fill"])
+        )
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise web.HTTPBadRequest(text=f"malformed heartbeat: {exc}\n") from exc
     try:
-        s.fleet.heartbeat(hb)
+        accepted = s.fleet.heartbeat(hb)
     except UnknownEdge as exc:
         raise web.HTTPForbidden(text=f"unknown edge {hb.edge_id!r}\n") from exc
     except ValueError as exc:  # a state or load the fleet refuses
         raise web.HTTPBadRequest(text=f"malformed heartbeat: {exc}\n") from exc
+    if accepted:  # a stale or skewed heartbeat must not roll progress back either
+        s.fill.record_heartbeat(hb.edge_id, hb.disk_capacity, progress)
     s.tick()
     return web.json_response({"ok": True, "state": s.fleet.state(hb.edge_id).name.lower()})
 
@@ -459,9 +561,55 @@ async def _fleet(request: web.Request) -> web.Response:
                 if h.last_heartbeat is None
                 else round(s.clock() - h.last_heartbeat, 3),
                 "transitions": h.transitions,
+                **s.fill.fleet_doc(h.edge_id),
             }
         )
     return web.json_response({"edges": out})
+
+
+def _fill_error(exc: FillUnavailable) -> web.HTTPException:
+    """The fill shell's errors as HTTP, in one place."""
+    if isinstance(exc, FillDisabled):
+        return web.HTTPNotFound(text=f"{exc}\n")
+    if isinstance(exc, NoManifest):
+        return web.HTTPServiceUnavailable(
+            text=f"{exc}\n", headers={"Retry-After": str(exc.retry_after)}
+        )
+    return web.HTTPServiceUnavailable(text=f"{exc}\n")  # pragma: no cover - no other kind
+
+
+async def _fill_manifest(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    if not s.fill.enabled:
+        raise _fill_error(FillDisabled("fill is disabled (no fill.popularity_url)"))
+    _authorize(request, s)
+    edge_id = request.match_info["edge_id"]
+    if edge_id not in s.edges:
+        raise web.HTTPNotFound(text=f"unknown edge {edge_id[:64]!r}\n")
+    try:
+        body, version = s.fill.manifest_body(edge_id)
+    except FillUnavailable as exc:
+        raise _fill_error(exc) from exc
+    etag = f'"{version}"'
+    headers = {"ETag": etag, "Cache-Control": "no-store"}
+    # RFC 9110 section 13.1.2: a weak comparison, "*" matches any current representation.
+    tags = [
+        t.strip().removeprefix("W/") for t in request.headers.get("If-None-Match", "").split(",")
+    ]
+    if etag in tags or "*" in tags:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def _fill_refresh(request: web.Request) -> web.Response:
+    s = request.app[STEERING]
+    if not s.fill.enabled:
+        raise _fill_error(FillDisabled("fill is disabled (no fill.popularity_url)"))
+    _authorize(request, s)
+    try:
+        return web.json_response(await s.fill.refresh())
+    except FillUnavailable as exc:
+        raise _fill_error(exc) from exc
 
 
 async def _healthz(request: web.Request) -> web.Response:

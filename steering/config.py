@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge.config import Listen, parse_listen
-from edge.units import UnitError, parse_duration
+from edge.units import UnitError, parse_duration, parse_size
 from edge.yamlconfig import KeyChecker, read_yaml
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
@@ -41,6 +41,20 @@ class EdgeConfig:
     weight: float = 1.0  # capacity weight within its site
     prefixes: tuple[str, ...] = ()  # client prefixes this edge serves (an embedded edge: its ISP's)
     embedded: bool = False  # an ISP-embedded edge: preferred for its prefixes
+    fill_capacity: int | None = None  # bytes of cache for fill planning; None: from heartbeats
+
+
+@dataclass(frozen=True, slots=True)
+class FillConfig:
+    """Proactive nightly fill: manifests planned from the control plane's popularity feed."""
+
+    popularity_url: str | None = None  # the control plane's base URL; None disables fill
+    credential_file: Path | None = None  # bearer token sent to the feed
+    refresh: float = 3600.0  # seconds between two reads of each site's feed
+    share: float = 0.8  # part of each edge's capacity a manifest may fill
+    max_copies: int = 3  # copies of the most popular objects within a site
+    stickiness: float = 1.2  # how much an object already held is favoured over a newcomer
+    state_file: Path | None = None  # last feeds' digests and manifests, across restarts
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,7 @@ class SteeringConfig:
     bounded_load: float = 1.25  # c: no edge takes more than c times its fair share
     answer_size: int = 3  # edges per site in a ranked answer
     steering_ttl: int = 10  # seconds players keep a content steering manifest
+    fill: FillConfig = field(default_factory=FillConfig)
     log_level: str = "info"
 
 
@@ -76,7 +91,7 @@ class _R(KeyChecker):
     def duration(self, v: object, key: str, lo: float, hi: float) -> float:
         try:
             if isinstance(v, bool):
-                raise UnitError("bool")
+                raise UnitError("bool", value=v)
             n = parse_duration(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
         except (UnitError, TypeError, ValueError):
             raise self.fail(key, f"expected a duration like 3s, got {v!r}") from None
@@ -99,11 +114,57 @@ class _R(KeyChecker):
             raise self.fail(key, f"{v!r} does not exist or is not readable")
         return Path(os.path.abspath(v))
 
+    def writable(self, v: object, key: str) -> Path | None:
+        """A file we create: its directory must exist and be writable now, not at 3 a.m."""
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v:
+            raise self.fail(key, f"expected a file path or null, got {v!r}")
+        p = Path(os.path.abspath(v))
+        if p.is_dir() or not os.access(p.parent, os.W_OK | os.X_OK):
+            raise self.fail(key, f"{v!r}: not a file in a writable directory")
+        return p
+
+    def size(self, v: object, key: str) -> int:
+        try:
+            n = parse_size(v, key=key)  # type: ignore[arg-type]
+        except (UnitError, TypeError, ValueError):
+            raise self.fail(key, f"expected a size like 500GiB, got {v!r}") from None
+        if n <= 0:
+            raise self.fail(key, f"expected a size > 0, got {v!r}")
+        return n
+
+
+FILL = (
+    "popularity_url", "credential_file", "refresh", "share", "max_copies", "stickiness",
+    "state_file",
+)  # fmt: skip
+
+
+def _fill(r: _R, raw: object) -> FillConfig:
+    d = r.mapping(raw, "fill", FILL)
+    url = d.get("popularity_url")
+    share = r.number(d.get("share", 0.8), "fill.share", 0.0, 1.0)
+    if share <= 0:
+        raise r.fail("fill.share", "expected a number above 0, up to 1")
+    max_copies = d.get("max_copies", 3)
+    if isinstance(max_copies, bool) or not isinstance(max_copies, int):
+        raise r.fail("fill.max_copies", f"expected a whole number from 1 to 16, got {max_copies!r}")
+    return FillConfig(
+        popularity_url=None if url is None else r.url(url, "fill.popularity_url"),
+        credential_file=r.file(d.get("credential_file"), "fill.credential_file"),
+        refresh=r.duration(d.get("refresh", 3600.0), "fill.refresh", 1, 7 * 86400),
+        share=share,
+        max_copies=int(r.number(max_copies, "fill.max_copies", 1, 16)),
+        stickiness=r.number(d.get("stickiness", 1.2), "fill.stickiness", 1.0, 100.0),
+        state_file=r.writable(d.get("state_file"), "fill.state_file"),
+    )
+
 
 TOP = (
     "listen", "sites", "edges", "origin_url", "coverage_zone_file", "default_site",
     "heartbeat_credentials_file", "trusted_proxies", "dead_after", "recover_after",
-    "probe_interval", "bounded_load", "answer_size", "steering_ttl", "log_level",
+    "probe_interval", "bounded_load", "answer_size", "steering_ttl", "fill", "log_level",
 )  # fmt: skip
 
 
@@ -134,7 +195,9 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
     edges = []
     for i, e in enumerate(top.get("edges") or []):
         key = f"edges[{i}]"
-        d = r.mapping(e, key, ("id", "site", "url", "weight", "prefixes", "embedded"))
+        d = r.mapping(
+            e, key, ("id", "site", "url", "weight", "prefixes", "embedded", "fill_capacity")
+        )
         site = r.ident(d.get("site"), f"{key}.site")
         if site not in names:
             raise r.fail(
@@ -151,6 +214,7 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
         embedded = d.get("embedded", False)
         if not isinstance(embedded, bool):
             raise r.fail(f"{key}.embedded", f"expected true or false, got {embedded!r}")
+        fill_capacity = d.get("fill_capacity")
         edges.append(
             EdgeConfig(
                 id=r.ident(d.get("id"), f"{key}.id"),
@@ -159,6 +223,9 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
                 weight=r.number(d.get("weight", 1.0), f"{key}.weight", 0.01, 1000),
                 prefixes=tuple(str(p) for p in prefixes),
                 embedded=embedded,
+                fill_capacity=None
+                if fill_capacity is None
+                else r.size(fill_capacity, f"{key}.fill_capacity"),
             )
         )
     ids = [e.id for e in edges]
@@ -199,5 +266,6 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
         bounded_load=r.number(top.get("bounded_load", 1.25), "bounded_load", 1.0, 10.0),
         answer_size=int(r.number(top.get("answer_size", 3), "answer_size", 1, 32)),
         steering_ttl=int(r.number(top.get("steering_ttl", 10), "steering_ttl", 1, 3600)),
+        fill=_fill(r, top.get("fill")),
         log_level=level,
     )

@@ -912,3 +912,104 @@ def test_yaml_error_points_at_unclosed_construct(in_tmp: Path) -> None:
     path = write(in_tmp / "edge.yaml", UP + OPEN + "cache:\n  slice_size: [1MiB\n")
     with pytest.raises(ConfigError, match=r"while parsing a flow sequence at line 6\)$"):
         load_config(path)
+
+
+# --------------------------------------------------------------------------- fill
+
+
+def test_fill_defaults(in_tmp: Path) -> None:
+    from edge.config import FillConfig
+    from edge.fillplan import FillWindow
+
+    cfg = load_config(None, REQUIRED)
+    assert cfg.fill == FillConfig()
+    assert cfg.fill.enabled is True
+    assert cfg.fill.window == FillWindow(2 * 60, 14 * 60)
+    assert str(cfg.fill.window) == "02:00-14:00"
+    assert (cfg.fill.timezone, cfg.fill.rate, cfg.fill.burst) == (None, None, 4 * MiB)
+    assert (cfg.fill.concurrency, cfg.fill.parents, cfg.fill.manifest_retry) == (2, (), 60.0)
+
+
+def test_fill_example_states_true_defaults_and_documents_every_key(in_tmp: Path) -> None:
+    from edge.config import FillConfig, FillParent
+
+    cfg = load_config(example_copy(in_tmp))
+    assert cfg.fill == FillConfig()
+    text = EXAMPLE.read_text()
+    section = text[text.index("\nfill:") :]
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in (FillConfig, FillParent)
+        for f in dataclasses.fields(cls)
+        if f"{f.name}:" not in section
+    ]
+    assert missing == []
+
+
+def test_fill_every_key(in_tmp: Path) -> None:
+    from edge.config import FillParent
+    from edge.fillplan import FillWindow
+
+    text = (
+        UP
+        + OPEN
+        + "fill:\n"
+        + "  enabled: false\n"
+        + '  window: "22:30-06:00"\n'
+        + "  timezone: Europe/Paris\n"
+        + "  rate: 400Mbit/s\n"
+        + "  burst: 8MiB\n"
+        + "  concurrency: 4\n"
+        + "  parents:\n"
+        + "    - url: http://parent.test:8080/\n"
+        + "      credential_file: fill.token\n"
+        + "    - {url: https://parent2.test}\n"
+        + "  manifest_retry: 2m\n"
+    )
+    fill = load_config(write(in_tmp / "edge.yaml", text)).fill
+    assert fill.enabled is False
+    assert fill.window == FillWindow(22 * 60 + 30, 6 * 60)
+    assert (fill.timezone, fill.rate, fill.burst, fill.concurrency) == (
+        "Europe/Paris",
+        50_000_000,
+        8 * MiB,
+        4,
+    )
+    assert fill.parents == (
+        FillParent("http://parent.test:8080", in_tmp / "fill.token"),
+        FillParent("https://parent2.test"),
+    )
+    assert fill.manifest_retry == 120.0
+
+
+BAD_FILL = [
+    ('  window: "02:00-02:00"\n', "fill.window", "start and end are equal"),
+    ('  window: "2am-2pm"\n', "fill.window", '"2am" is not a time of day'),
+    ('  window: "02:00-25:00"\n', "fill.window", '"25:00" is not a time of day'),
+    ("  window: 12:30\n", "fill.window", "quote it"),
+    ("  timezone: Mars/Olympus\n", "fill.timezone", 'unknown time zone "Mars/Olympus"'),
+    ("  timezone: ../../etc/passwd\n", "fill.timezone", "unknown time zone"),
+    ("  rate: 0\n", "fill.rate", "at least 1 byte/s"),
+    ("  rate: fast\n", "fill.rate", ""),
+    ("  burst: 1KiB\n", "fill.burst", "at least 64.0 KiB"),
+    ("  concurrency: 0\n", "fill.concurrency", "from 1 to 64"),
+    ("  enabled: maybe\n", "fill.enabled", "true or false"),
+    ("  manifest_retry: 0s\n", "fill.manifest_retry", "greater than 0"),
+    ("  parents: [http://p.test]\n", "fill.parents[0]", 'write "- url: http://p.test"'),
+    ("  parents:\n    - url: file:///srv\n", "fill.parents[0].url", "http:// or https://"),
+    ("  parents:\n    - {credential_file: fill.token}\n", "fill.parents[0]", '"url"'),
+    ("  parents:\n    - {url: http://p.test, cred: x}\n", "fill.parents[0].cred", "unknown key"),
+    ("  windw: 02:00-14:00\n", "fill.windw", 'did you mean "window"?'),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), BAD_FILL)
+def test_fill_errors_name_the_key_and_the_file(
+    in_tmp: Path, text: str, key: str, fragment: str
+) -> None:
+    path = write(in_tmp / "edge.yaml", UP + OPEN + "fill:\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{path}: {key}: "), str(info.value)
+    assert fragment in str(info.value)

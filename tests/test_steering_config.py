@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from steering.config import ConfigError, EdgeConfig, SiteConfig, SteeringConfig, load_config
+from steering.config import (
+    ConfigError,
+    EdgeConfig,
+    FillConfig,
+    SiteConfig,
+    SteeringConfig,
+    load_config,
+)
 
 from .conftest import free_port, subprocess_env
 
@@ -27,7 +34,7 @@ def test_example_loads_and_documents_every_setting():
     assert config.edges[2].embedded and config.edges[2].prefixes[1] == "2001:db8:a::/48"
     text = EXAMPLE.read_text()
     documented = set(re.findall(r"\b([a-z_]+):", text))
-    for cls in (SteeringConfig, SiteConfig, EdgeConfig):
+    for cls in (SteeringConfig, SiteConfig, EdgeConfig, FillConfig):
         for f in dataclasses.fields(cls):
             assert f.name in documented, f"{cls.__name__}.{f.name}"
 
@@ -36,6 +43,30 @@ def test_empty_file_means_defaults(tmp_path):
     (tmp_path / "s.yaml").write_text("")
     config = load_config(tmp_path / "s.yaml")
     assert (config.dead_after, config.recover_after, config.bounded_load) == (3.0, 3, 1.25)
+    assert config.fill == FillConfig()  # fill disabled: no popularity_url
+    assert (config.fill.refresh, config.fill.share, config.fill.max_copies) == (3600.0, 0.8, 3)
+
+
+def test_fill_section_and_fill_capacity(tmp_path):
+    (tmp_path / "feed.token").write_text("t\n")
+    (tmp_path / "s.yaml").write_text(
+        "sites: [{name: a, latitude: 1, longitude: 0}]\n"
+        "edges: [{id: e, site: a, url: 'http://x', fill_capacity: 2GiB}]\n"
+        "fill: {popularity_url: 'http://127.0.0.1:8000/', refresh: 10m, share: 0.5,\n"
+        f"       max_copies: 2, stickiness: 1.5, credential_file: {tmp_path / 'feed.token'},\n"
+        f"       state_file: {tmp_path / 'fill.json'}}}\n"
+    )
+    config = load_config(tmp_path / "s.yaml")
+    assert config.edges[0].fill_capacity == 2 * 1024**3
+    f = config.fill
+    assert (f.popularity_url, f.refresh, f.share, f.max_copies, f.stickiness) == (
+        "http://127.0.0.1:8000",
+        600.0,
+        0.5,
+        2,
+        1.5,
+    )
+    assert f.state_file == tmp_path / "fill.json"
 
 
 @pytest.mark.parametrize(
@@ -60,6 +91,26 @@ def test_empty_file_means_defaults(tmp_path):
         ("dead_after: forever\n", "dead_after"),
         ("bounded_load: 0.5\n", "bounded_load"),
         ("coverage_zone_file: /nonexistent.json\n", "coverage_zone_file"),
+        ("fill: {popularity_url: 'ftp://x'}\n", "fill.popularity_url"),
+        ("fill: {share: 0}\n", "fill.share"),
+        ("fill: {share: 1.5}\n", "fill.share"),
+        ("fill: {max_copies: 0}\n", "fill.max_copies"),
+        ("fill: {max_copies: 2.5}\n", "fill.max_copies"),
+        ("fill: {stickiness: 0.9}\n", "fill.stickiness"),
+        ("fill: {refresh: soon}\n", "fill.refresh"),
+        ("fill: {credential_file: /nonexistent.token}\n", "fill.credential_file"),
+        ("fill: {state_file: /nonexistent-dir/fill.json}\n", "fill.state_file"),
+        ("fill: {refesh: 1h}\n", "fill.refesh"),
+        (
+            "sites: [{name: a, latitude: 1, longitude: 0}]\n"
+            "edges: [{id: e, site: a, url: 'http://x', fill_capacity: lots}]\n",
+            "edges[0].fill_capacity",
+        ),
+        (
+            "sites: [{name: a, latitude: 1, longitude: 0}]\n"
+            "edges: [{id: e, site: a, url: 'http://x', fill_capacity: 0}]\n",
+            "edges[0].fill_capacity",
+        ),
         (
             "sites: [{name: a, latitude: 1, longitude: 0}, {name: a, latitude: 1, longitude: 0}]\n",
             "sites",
