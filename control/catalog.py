@@ -67,7 +67,13 @@ SLUG_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
 # The origin's title keys (origin/ingest.py TITLE_RE): served under /v/<key>/.
 MEDIA_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}\Z")
 ARTWORK_KIND_RE = re.compile(r"[a-z0-9_-]{1,32}\Z")
+# A file below a title's base path (/v/<media_key>/): at most 500 characters of segments that
+# do not start with '.' (no '.', '..' or hidden name), at most 255 characters each, and no '..'
+# anywhere (the edge's tokens refuse it). The same rule as steering's feed check
+# (steering/fill.py _SEGMENT): a file stored here that steering refused would be one it can
+# never place.
 _PATH_RE = re.compile(r"[A-Za-z0-9._~/-]{1,500}\Z")
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,254}\Z")
 MAX_ARTWORK = 16
 SEARCH_CACHE_SIZE = 4096  # answers kept (a page of 20 cards is ~6 KiB: ~25 MiB at most)
 REFRESH_INTERVAL = 2.0
@@ -125,11 +131,13 @@ def prettify(key: str) -> str:
 
 
 def safe_relative_path(value: object) -> str | None:
-    """A path relative to a title's media base, or None when it could escape it."""
-    if not isinstance(value, str) or not _PATH_RE.match(value) or value.startswith("/"):
+    """A path relative to a title's media base that the whole fleet accepts (the rule at
+    ``_SEGMENT_RE``), or None: one that could escape the base, or that steering or an edge
+    would refuse."""
+    if not isinstance(value, str) or not _PATH_RE.match(value) or ".." in value:
         return None
-    if any(part in ("", ".", "..") for part in value.split("/")):
-        return None
+    if not all(_SEGMENT_RE.match(part) for part in value.split("/")):
+        return None  # also an absolute path (an empty first segment) or '//'
     return value
 
 

@@ -167,9 +167,9 @@ class FillConfig:
     origin_credential_file: Path | None = None
     half_life_days: float = 1.0  # days for a play's weight in the popularity of files to halve
     window_days: float = 7.0  # days of plays counted (by their last update); older are ignored
-    boost_views: float = 50.0  # views credited to a new release on its publication day
+    boost_views: float = 50.0  # plays credited to a new release on its publication day
     boost_days: float = 3.0  # days the editorial boost fades over; 0: no boost
-    single_file_share: float = 0.0  # share of a rendition's views its single.mp4 gets, 0..1
+    single_file_share: float = 0.0  # share of a rendition's plays its single.mp4 gets, 0..1
     cache_ttl: float = 300.0  # seconds a computed feed is served before it is recomputed
     limit: int = 20000  # objects answered when the request gives no limit
 
@@ -359,7 +359,9 @@ FILL_KEYS: Final = (
     "credential_file", "origin_credential_file", "half_life_days", "window_days", "boost_views",
     "boost_days", "single_file_share", "cache_ttl", "limit",
 )  # fmt: skip
-MAX_FILL_LIMIT: Final = 100_000
+# Files a feed answer may list: steering asks for fill.feed_limit (default 100k); with 4 s
+# segments a 2 h title has ~3,600 scored files, so 1M is ~280 titles a region (~140 MB of JSON).
+MAX_FILL_LIMIT: Final = 1_000_000
 PLAN_KEYS: Final = (
     "id", "name", "max_streams", "max_height", "price_cents", "currency", "period_days",
 )  # fmt: skip

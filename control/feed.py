@@ -224,12 +224,14 @@ class _Transient(Exception):
     """A manifest read that may succeed if tried again (network, 5xx, 429)."""
 
 
-def parse_media_files(doc: Any, key: str) -> list[MediaFile]:
+def parse_media_files(doc: Any, key: str, dropped: list[str] | None = None) -> list[MediaFile]:
     """The files of the origin's ``/v/<key>/manifest.json`` (origin/package.py
-    build_manifest), or ValueError naming what is wrong. Every path must stay below the
-    title's base path (relative, no '..' or empty segment, the catalog's path alphabet), every
-    size be a whole number of bytes, every xxh64 16 hex digits; a path listed twice, or a
-    document naming another title, is refused whole rather than half used."""
+    build_manifest), or ValueError naming what is wrong. A file whose path breaks the fleet's
+    file name rule (catalog.py ``safe_relative_path``, the rule steering and the edges apply
+    too) is left out, and why appended to ``dropped``: one odd name must not cost the title
+    all its files. Every size must be a whole number of bytes, every xxh64 16 hex digits; a
+    path listed twice, or a document naming another title, is refused whole rather than half
+    used."""
     if not isinstance(doc, dict):
         raise ValueError("the manifest is not a JSON object")
     title = doc.get("title")
@@ -247,9 +249,9 @@ def parse_media_files(doc: Any, key: str) -> list[MediaFile]:
             raise ValueError(f"files[{i}] is not an object")
         path = safe_relative_path(f.get("path"))
         if path is None:
-            raise ValueError(
-                f"files[{i}].path {str(f.get('path'))[:80]!r} is not a safe relative path"
-            )
+            if dropped is not None:
+                dropped.append(f"files[{i}].path {str(f.get('path'))[:80]!r}")
+            continue
         if path in seen:
             raise ValueError(f"files[{i}].path {path!r} is listed twice")
         seen.add(path)
@@ -338,7 +340,12 @@ class FeedReader:
                     raise
                 raise FeedError(reason) from exc
         metrics.inc("control_feed_polls", "ok")
-        log.debug("event=feed_poll outcome=ok url=%s applied=%d seq=%d", self.url, applied, seq)
+        log.debug(
+            "event=feed_poll outcome=ok url=%s applied=%d seq=%d",
+            self.url,
+            applied,
+            seq,
+        )
         return applied, seq
 
     async def _poll_locked(self) -> tuple[int, int]:
@@ -368,7 +375,10 @@ class FeedReader:
             async with self.control.http.get(
                 f"{self.url}/catalog/feed",
                 params={"since": str(since)},
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                },
                 timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
             ) as r:
                 if r.status != 200:
@@ -419,7 +429,12 @@ class FeedReader:
         metrics = self.control.metrics
         for seq, reason in skipped:
             metrics.inc("control_feed_skipped")
-            log.warning("event=feed_entry_skipped url=%s seq=%s reason=%r", self.url, seq, reason)
+            log.warning(
+                "event=feed_entry_skipped url=%s seq=%s reason=%r",
+                self.url,
+                seq,
+                reason,
+            )
         if entries:
             metrics.inc("control_feed_entries", n=len(entries))
             if any(e.published for e in entries):
@@ -475,8 +490,9 @@ class FeedReader:
         c = self.control
         outcome, error = "ok", ""
         files: list[MediaFile] = []
+        dropped: list[str] = []
         try:
-            files = parse_media_files(await self._manifest(key), key)
+            files = parse_media_files(await self._manifest(key), key, dropped)
         except FeedError as exc:
             outcome, error = "error", str(exc)
         except ValueError as exc:
@@ -514,6 +530,14 @@ class FeedReader:
             await tx.execute("DELETE FROM media_files_wanted WHERE media_key = ?", (key,))
         # Counted once stored (tests and operators read "ok" as "the files are there").
         c.metrics.inc("control_media_files_fetches", "ok")
+        if dropped:
+            c.metrics.inc("control_media_files_dropped", n=len(dropped))
+            log.warning(
+                "event=media_files_dropped key=%s dropped=%d first=%r",
+                key,
+                len(dropped),
+                dropped[0],
+            )
         log.info(
             "event=media_files_fetch outcome=ok key=%s files=%d bytes=%d",
             key,
@@ -548,7 +572,10 @@ class FeedReader:
         try:
             async with self.control.http.get(
                 f"{self.url}/v/{key}/manifest.json",
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                },
                 timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
             ) as r:
                 if r.status >= 500 or r.status == 429:
@@ -604,7 +631,8 @@ class FeedReader:
                 if not row["published"]:
                     return "", ""
                 await tx.execute(
-                    "UPDATE titles SET published = 0, updated_at = ? WHERE id = ?", (now, tid)
+                    "UPDATE titles SET published = 0, updated_at = ? WHERE id = ?",
+                    (now, tid),
                 )
                 return "delete", tid
             artwork = _merge_artwork(row["artwork"], e)

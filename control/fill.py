@@ -4,17 +4,23 @@ Steering reads ``GET /v1/fill/popularity?region=<site>`` (control/routes/fill.py
 into one fill manifest per edge. The answer ranks *files* (the objects edges store) by the
 score control/popularity.py defines, "bytes streamed divided by file size":
 
-* every play counts ``seconds_watched / duration`` views of its media (half a film is half a
-  view), weighted by ``decay_weight(now - updated_at, fill.half_life_days)``; only plays
-  updated within ``fill.window_days`` count. Plays are grouped by (region, media key, the
-  plan's ``max_height`` at the start), since the cap decides which rendition was streamed;
+* every play (a session, however long; one that watched nothing is left out) counts once,
+  weighted by ``decay_weight(now - updated_at, fill.half_life_days)``; only plays updated
+  within ``fill.window_days`` count. Plays are grouped by (region, media key, the plan's
+  ``max_height`` at the start), since the cap decides which rendition was streamed;
+* the same plays, all regions together, give the survival curve of viewing (`Survival`: the
+  share of plays that reach each fraction of a title), each play the fraction it reached,
+  ``max(position, seconds_watched) / duration`` (the last position, or at least what it
+  watched from the start when it seeked back), with the same decayed weight;
 * a title published within ``fill.boost_days`` (or scheduled in the future) gets
-  ``editorial_boost`` views with no cap, in every region, so tonight's fill places tomorrow's
-  release before anyone has watched it;
-* ``file_scores`` spreads a title's views over its files (control/feed.py stores them from the
-  origin's manifest.json; a title without files, e.g. one made by admin CRUD without origin
-  media, never appears). Objects with a score above 0 are answered, by score descending then
-  path, at most ``limit`` of them.
+  ``editorial_boost`` plays (``fill.boost_views``) with no cap, in every region, so tonight's
+  fill places tomorrow's release before anyone has watched it;
+* ``file_scores`` turns a title's plays into its files' scores: a segment the plays of its
+  rendition times the survival at its start, the files every player reads the plays
+  (control/popularity.py; control/feed.py stores the files from the origin's manifest.json;
+  a title without files, e.g. one made by admin CRUD without origin media, never appears).
+  Objects with a score above 0 are answered, by score descending then path, at most
+  ``limit`` of them.
 
 The region of a play is the site of the first edge steering gave it (control/playback.py); a
 region without plays in the window (a new site, or a name steering knows and we never saw) is
@@ -25,11 +31,11 @@ Cost. Steering asks hourly for each of N sites; the plays are read and decayed o
 ``fill.cache_ttl`` (`FillFeed`, one computation for all regions, concurrent requests wait for
 the same one), and each (region, limit) answer is kept with it. Plays are read in pages of
 PLAYS_PAGE rows, files in batches of FILES_BATCH titles, with the event loop free between
-them. Only the titles that can reach the top ``limit`` have their files read: no file of a
-title scores more than the title's total views (`TopFiles`), so the walk down the titles in
-that order stops once the ``limit``-th best score beats the next title's total.
+them (and between the titles of a batch while their files are scored). Only the titles that can reach the top ``limit`` have their files read: no file of a
+title scores more than the title's total plays (`TopFiles`: ``S <= 1``), so the walk down the
+titles in that order stops once the ``limit``-th best score beats the next title's total.
 
-The pure parts (`ViewTally`, `boosts`, `merge_boost`, `ranked_titles`, `TopFiles`) take the
+The pure parts (`PlayTally`, `boosts`, `merge_boost`, `ranked_titles`, `TopFiles`) take the
 clock's time as an argument and are tested with tables (tests/test_control_fill.py).
 """
 
@@ -53,6 +59,8 @@ from .popularity import (
     DAY,
     MediaFile,
     Rendition,
+    Survival,
+    SurvivalTally,
     decay_weight,
     editorial_boost,
     file_scores,
@@ -63,8 +71,8 @@ __all__ = [
     "FillFeed",
     "FillTitle",
     "Play",
+    "PlayTally",
     "TopFiles",
-    "ViewTally",
     "boosts",
     "merge_boost",
     "ranked_titles",
@@ -81,7 +89,7 @@ PLAYS_PAGE = 2000
 FILES_BATCH = 32  # titles whose files are read per query
 ANSWERS_KEPT = 64  # (region, limit) answers kept per computation
 
-Views = dict[int | None, float]  # a title's views by the plays' height cap (None: no cap)
+Plays = dict[int | None, float]  # a title's decayed plays by the plays' cap (None: no cap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +97,7 @@ class FillTitle:
     """A published media key (a movie, or an episode) as the feed needs it."""
 
     key: str
-    duration: float | None  # seconds; None or 0: plays of it cannot be turned into views
+    duration: float | None  # seconds; None or 0: plays of it are not counted
     renditions: tuple[Rendition, ...]
     published_at: float | None  # the catalog's publication (released_at); may be ahead
 
@@ -101,6 +109,7 @@ class Play:
     max_height: int | None  # the plan's cap at the start; None for plays before it was kept
     seconds_watched: float
     updated_at: float
+    position: float = 0.0  # the last position recorded, seconds
 
 
 def renditions_of(raw: Any) -> tuple[Rendition, ...]:
@@ -121,15 +130,19 @@ def renditions_of(raw: Any) -> tuple[Rendition, ...]:
     return tuple(out)
 
 
-class ViewTally:
-    """Decayed views per region and in all regions, play by play (pure: ``now`` given)."""
+class PlayTally:
+    """Decayed plays per region and in all regions, and the survival curve of viewing, play by
+    play (pure: ``now`` given)."""
 
-    def __init__(self, now: float, half_life_days: float, window_days: float) -> None:
+    def __init__(
+        self, now: float, half_life_days: float, window_days: float, bins: int | None = None
+    ) -> None:
         self.now = now
         self.half_life_days = half_life_days
         self.since = now - window_days * DAY
-        self.by_region: dict[str, dict[str, Views]] = {}
-        self.total: dict[str, Views] = {}
+        self.by_region: dict[str, dict[str, Plays]] = {}
+        self.total: dict[str, Plays] = {}
+        self.reached = SurvivalTally() if bins is None else SurvivalTally(bins)
         self.plays = 0  # plays counted
 
     def add(self, play: Play, title: FillTitle | None) -> bool:
@@ -139,17 +152,22 @@ class ViewTally:
             return False
         if play.updated_at < self.since or play.seconds_watched <= 0:
             return False
-        views = play.seconds_watched / title.duration
-        views *= decay_weight(self.now - play.updated_at, self.half_life_days)
-        _add(self.total, play.key, play.max_height, views)
+        weight = decay_weight(self.now - play.updated_at, self.half_life_days)
+        _add(self.total, play.key, play.max_height, weight)
         if play.region:
-            _add(self.by_region.setdefault(play.region, {}), play.key, play.max_height, views)
+            _add(self.by_region.setdefault(play.region, {}), play.key, play.max_height, weight)
+        reached = max(play.position, play.seconds_watched)
+        self.reached.add(reached / title.duration, weight)
         self.plays += 1
         return True
 
+    def survival(self) -> Survival:
+        """The survival curve of the plays counted (1 everywhere before any)."""
+        return self.reached.curve()
 
-def _add(views: dict[str, Views], key: str, cap: int | None, v: float) -> None:
-    caps = views.setdefault(key, {})
+
+def _add(plays: dict[str, Plays], key: str, cap: int | None, v: float) -> None:
+    caps = plays.setdefault(key, {})
     caps[cap] = caps.get(cap, 0.0) + v
 
 
@@ -166,20 +184,21 @@ def boosts(
     return out
 
 
-def merge_boost(views: Mapping[str, Views], boost: Mapping[str, float]) -> dict[str, Views]:
-    """``views`` plus each title's boost under the uncapped plays (None): a boost has no plan.
+def merge_boost(plays: Mapping[str, Plays], boost: Mapping[str, float]) -> dict[str, Plays]:
+    """``plays`` plus each title's boost under the uncapped plays (None): a boost has no plan.
     The inputs are left as they are."""
-    out = {k: dict(caps) for k, caps in views.items()}
+    out = {k: dict(caps) for k, caps in plays.items()}
     for key, b in boost.items():
         caps = out.setdefault(key, {})
         caps[None] = caps.get(None, 0.0) + b
     return out
 
 
-def ranked_titles(views: Mapping[str, Views]) -> list[tuple[float, str]]:
-    """(total views, key) of the titles with views, most first (then by key): no file of a
-    title scores more than its total (file_scores; single_file_share is at most 1)."""
-    totals = [(sum(v for v in caps.values() if v > 0), key) for key, caps in views.items()]
+def ranked_titles(plays: Mapping[str, Plays]) -> list[tuple[float, str]]:
+    """(total plays, key) of the titles with plays, most first (then by key): no file of a
+    title scores more than its total (file_scores: the survival is at most 1, and so is
+    single_file_share)."""
+    totals = [(sum(v for v in caps.values() if v > 0), key) for key, caps in plays.items()]
     return sorted(((t, k) for t, k in totals if t > 0), key=lambda p: (-p[0], p[1]))
 
 
@@ -221,13 +240,15 @@ class TopFiles:
 
 @dataclass(slots=True)
 class _Snapshot:
-    """One computation: views per region and in all regions (boost included)."""
+    """One computation: plays per region and in all regions (boost included), and the
+    survival curve of all regions' plays."""
 
     computed_at: float
     expires_at: float
     titles: dict[str, FillTitle]
-    regions: dict[str, dict[str, Views]]
-    total: dict[str, Views]
+    regions: dict[str, dict[str, Plays]]
+    total: dict[str, Plays]
+    survival: Survival
     answers: dict[tuple[str | None, int], list[dict[str, Any]]] = field(default_factory=dict)
 
 
@@ -246,7 +267,8 @@ _TITLES_SQL = (
 # is what both engines seek on; the OR only skips that instant's plays already read), so a
 # page costs its own rows, not every row before it.
 _PLAYS_SQL = (
-    "SELECT id, region, media_key, max_height, seconds_watched, started_at, updated_at"
+    "SELECT id, region, media_key, max_height, seconds_watched, position, started_at,"
+    " updated_at"
     " FROM plays WHERE started_at >= ? AND updated_at >= ? AND seconds_watched > 0"
     " AND (started_at > ? OR id > ?)"
     " ORDER BY started_at, id LIMIT ?"
@@ -292,8 +314,8 @@ class FillFeed:
             which = None if fallback else region
             objects = snap.answers.get((which, limit))
             if objects is None:
-                views = snap.total if which is None else snap.regions[which]
-                objects = await self._objects(views, snap.titles, limit)
+                plays = snap.total if which is None else snap.regions[which]
+                objects = await self._objects(plays, snap.titles, snap.survival, limit)
                 if len(snap.answers) >= ANSWERS_KEPT:
                     snap.answers.pop(next(iter(snap.answers)))
                 snap.answers[(which, limit)] = objects
@@ -339,7 +361,7 @@ class FillFeed:
             key = str(r["media_key"])
             duration = None if r["duration"] is None else float(r["duration"])
             titles[key] = FillTitle(key, duration, renditions, float(r["released_at"]))
-        tally = ViewTally(now, cfg.half_life_days, cfg.window_days)
+        tally = PlayTally(now, cfg.half_life_days, cfg.window_days)
         since = tally.since
         after: tuple[float, str] = (since - self.control.config.playback.token_ttl, "")
         read = 0
@@ -352,6 +374,7 @@ class FillFeed:
                     None if r["max_height"] is None else int(r["max_height"]),
                     float(r["seconds_watched"]),
                     float(r["updated_at"]),
+                    float(r["position"] or 0.0),
                 )
                 tally.add(play, titles.get(play.key))
             read += len(rows)
@@ -366,24 +389,30 @@ class FillFeed:
             titles=titles,
             regions={g: merge_boost(v, boost) for g, v in tally.by_region.items()},
             total=merge_boost(tally.total, boost),
+            survival=tally.survival(),
         )
         log.info(
             "event=fill_feed_computed outcome=ok plays_read=%d plays_counted=%d titles=%d"
-            " boosted=%d regions=%d",
+            " boosted=%d regions=%d mean_reached=%.3f",
             read,
             tally.plays,
             len(titles),
             len(boost),
             len(snap.regions),
+            snap.survival.mean(),
         )
         return snap
 
     async def _objects(
-        self, views: Mapping[str, Views], titles: Mapping[str, FillTitle], limit: int
+        self,
+        plays: Mapping[str, Plays],
+        titles: Mapping[str, FillTitle],
+        survival: Survival,
+        limit: int,
     ) -> list[dict[str, Any]]:
-        """The best ``limit`` objects: titles walked by total views, their files read in
+        """The best ``limit`` objects: titles walked by total plays, their files read in
         batches, until no further title can enter the answer."""
-        ranked = [(total, key) for total, key in ranked_titles(views) if key in titles]
+        ranked = [(total, key) for total, key in ranked_titles(plays) if key in titles]
         top = TopFiles(limit)
         share = self.config.single_file_share
         for start in range(0, len(ranked), FILES_BATCH):
@@ -394,8 +423,15 @@ class FillFeed:
             await asyncio.sleep(0)
             files = await self._files([key for _, key in batch])
             for _, key in batch:
+                # A title's scores take ~1 us a file (54k files for the largest manifest):
+                # the event loop is let in between titles, not only between batches.
+                await asyncio.sleep(0)
                 scored = file_scores(
-                    views[key], titles[key].renditions, files.get(key, ()), single_file_share=share
+                    plays[key],
+                    titles[key].renditions,
+                    files.get(key, ()),
+                    survival=survival,
+                    single_file_share=share,
                 )
                 top.add(key, scored)
         return top.objects()

@@ -40,6 +40,9 @@ undeclared name or wrong labels, so the exposition and this table cannot drift a
                                                  its files: ok | error (network, status;
                                                  retried on the next poll) | invalid (a
                                                  document refused; retried too)
+``control_media_files_dropped_total``            files of stored manifests left out: their
+                                                 path breaks the fleet's file name rule
+                                                 (control/catalog.py safe_relative_path)
 ``control_db_errors_total{kind}``                integrity | unavailable | other
 ==========================================  ==============================================
 
@@ -92,6 +95,7 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "control_fill_feed_requests": ("Fill popularity feed requests by outcome", ("outcome",)),
     "control_fill_feed_computations": ("Fill popularity computations", ("outcome",)),
     "control_media_files_fetches": ("Reads of origin manifests for title files", ("outcome",)),
+    "control_media_files_dropped": ("Title files left out for a path breaking the rule", ()),
     "control_db_errors": ("Database errors", ("kind",)),
 }
 

@@ -28,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from .config import EdgeConfig
 from .config import read_credential_file as read_credential
 from .errors import HTTPError
-from .fill import FillRunner
+from .fill import FillRunner, release_pins
 from .handler import EdgeHandler
 from .health import Health, HealthFacts, evaluate
 from .http1 import normalize_path
@@ -296,6 +296,13 @@ async def _fill_ctx(app: web.Application) -> AsyncIterator[None]:
     edge = app[EDGE]
     cfg = edge.config
     if not cfg.fill.enabled or cfg.steering.url is None:
+        store = edge.store
+        if store is not None and store.pinned_bytes:
+            # Pins of an earlier fill would otherwise hold their slices forever: nothing
+            # releases them while fill is off.
+            slices, released = await release_pins(store)
+            store.flush_pins()
+            log.info("event=fill_disabled_unpinned slices=%d bytes=%d", slices, released)
         yield
         return
     assert edge.store is not None and edge.puller is not None and edge.upstreams is not None

@@ -22,7 +22,19 @@ Manifest
 --------
 The steering service's ``GET /fill/manifest/<edge>`` document (see ``parse_manifest``),
 validated completely before anything is fetched or pinned: a malformed manifest is rejected and
-the edge keeps the one it has.
+the edge keeps the one it has. One object whose path (or key) this edge cannot fill, or one
+peer whose URL it cannot use, is left out with a counted reason (``FillManifest.skipped``)
+instead: one bad file name must not cost the whole night. An object path must pass the rules
+of the token a peer is asked with (``edge.tokens``: no ``..`` anywhere, no ``%``, ``\\``,
+NUL, empty or ``.`` segment, at most 1024 bytes of UTF-8), so ``movie..final.mp4`` is skipped
+here rather than failing when its token is signed.
+
+Capacity
+--------
+``within_capacity``: the objects this edge fills and pins, most popular first, while they fit
+both the manifest's ``capacity`` (object bytes, steering's budget for this edge) and the
+store's (bytes on disk, slice headers included); the rest are left out (``over_capacity``),
+so pinned data can never crowd out the reactive cache.
 
 Work order
 ----------
@@ -45,23 +57,30 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
 from typing import Final
+from urllib.parse import urlsplit
 
 __all__ = [
     "MAX_OBJECTS",
+    "SKIP_BAD_PATH",
+    "SKIP_BAD_PEER",
+    "SKIP_OVER_CAPACITY",
     "FillManifest",
     "FillObject",
     "FillProgress",
     "FillWindow",
     "ManifestError",
     "Peer",
+    "Skipped",
     "TokenBucket",
     "WorkItem",
+    "disk_bytes",
     "left_paths",
     "parse_manifest",
     "parse_window",
     "plan_work",
     "progress",
     "slice_count",
+    "within_capacity",
 ]
 
 MAX_OBJECTS: Final = 1_000_000  # objects in one manifest; beyond it the manifest is rejected
@@ -70,6 +89,13 @@ _HEX16: Final = re.compile(r"[0-9a-f]{16}")
 _NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _KEY: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _DAY: Final = 86400
+_MAX_PATH_BYTES: Final = 1024  # edge.tokens.MAX_PREFIX_BYTES: a peer's token signs the path
+# Reasons an object (or a peer) of a manifest is left out; the runner counts them.
+SKIP_BAD_PATH: Final = "bad_path"
+SKIP_BAD_PEER: Final = "bad_peer"
+SKIP_OVER_CAPACITY: Final = "over_capacity"
+# Bytes of a slice file's header besides the path (edge.store.encode_header), rounded up.
+_HEADER_BYTES: Final = 256
 
 
 # --------------------------------------------------------------------------- window
@@ -167,7 +193,16 @@ class ManifestError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Peer:
     edge: str
-    url: str  # http(s)://host:port, no trailing "/"
+    url: str  # http(s)://host[:port][/prefix], no trailing "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An object or peer of the manifest left out; ``what`` is its path (or peer name)."""
+
+    what: str
+    reason: str  # SKIP_BAD_PATH, SKIP_BAD_PEER
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +225,7 @@ class FillManifest:
     bytes: int
     peers: tuple[Peer, ...]
     objects: tuple[FillObject, ...]
+    skipped: tuple[Skipped, ...] = ()  # left out of ``objects`` / ``peers``, with the reason
 
     def by_path(self) -> dict[str, FillObject]:
         return {o.path: o for o in self.objects}
@@ -229,24 +265,57 @@ def _list(value: object, where: str) -> list[object]:
 
 def _object_path(path: str, key: str, where: str) -> str:
     # The path is requested from peers and upstreams and names cache entries: only clean,
-    # normalised paths under the object's own title directory.
+    # normalised paths under the object's own title directory. A peer is asked with a token
+    # signed for exactly this path, so whatever edge.tokens refuses as a prefix is refused
+    # here too (a ".." anywhere, not only as a segment: "movie..final.mp4").
     if not path.startswith(f"/v/{key}/") or path.endswith("/"):
         raise ManifestError(f"{where}: {path[:80]!r} is not a file under /v/{key}/")
     segments = path.split("/")[1:]
     if any(s in ("", ".", "..") for s in segments):
         raise ManifestError(f"{where}: {path[:80]!r} has an empty, '.' or '..' segment")
+    if ".." in path:
+        raise ManifestError(f"{where}: {path[:80]!r} contains '..' (a token cannot scope it)")
     if any(c in path for c in "\\%?#\0") or any(c.isspace() or not c.isprintable() for c in path):
         raise ManifestError(f"{where}: {path[:80]!r} has a forbidden character")
-    if len(path) > 1024:
-        raise ManifestError(f"{where}: longer than 1024 characters")
+    try:
+        n = len(path.encode())
+    except UnicodeEncodeError:
+        raise ManifestError(f"{where}: {path[:80]!r} is not encodable as UTF-8") from None
+    if n > _MAX_PATH_BYTES:
+        raise ManifestError(f"{where}: longer than {_MAX_PATH_BYTES} bytes of UTF-8")
     return path
 
 
+_PEER_PATH: Final = re.compile(r"(?:/(?:[A-Za-z0-9._~!$&'()*+,;=:@-]|%[0-9A-Fa-f]{2})+)*")
+
+
 def _peer_url(value: object, where: str) -> str:
+    # http(s)://host[:port][/prefix]: steering accepts edge URLs with a path prefix (an edge
+    # behind a proxy); the fill requests <url><path>. No query, fragment or userinfo: the
+    # object path is appended to it.
     url = _str(value, where)
-    if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?", url.rstrip("/")):
-        raise ManifestError(f"{where}: expected http(s)://host[:port], got {url[:80]!r}")
-    return url.rstrip("/")
+    bad = ManifestError(
+        f"{where}: expected http(s)://host[:port][/prefix] without query, fragment or "
+        f"user, got {url[:80]!r}"
+    )
+    try:
+        u = urlsplit(url)
+        port = u.port  # ValueError when not a number in 0-65535
+    except ValueError:
+        raise bad from None
+    if (
+        u.scheme not in ("http", "https")
+        or not u.hostname
+        or not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", u.netloc)
+        or port == 0
+        or "?" in url
+        or "#" in url
+    ):
+        raise bad
+    prefix = u.path.rstrip("/")
+    if not _PEER_PATH.fullmatch(prefix) or any(s in (".", "..") for s in prefix.split("/")):
+        raise bad
+    return f"{u.scheme}://{u.netloc}{prefix}"
 
 
 def parse_manifest(doc: object, *, max_objects: int = MAX_OBJECTS) -> FillManifest:
@@ -260,6 +329,7 @@ def parse_manifest(doc: object, *, max_objects: int = MAX_OBJECTS) -> FillManife
     capacity = _int(_field(doc, "capacity"), "capacity")
     total = _int(_field(doc, "bytes"), "bytes")
     peers: list[Peer] = []
+    skipped: list[Skipped] = []
     seen_peers = {edge}
     for i, raw in enumerate(_list(doc.get("peers", []), "peers")):
         where = f"peers[{i}]"
@@ -269,7 +339,13 @@ def parse_manifest(doc: object, *, max_objects: int = MAX_OBJECTS) -> FillManife
         if name in seen_peers:
             raise ManifestError(f"{where}.edge: {name!r} listed twice (or is this edge)")
         seen_peers.add(name)
-        peers.append(Peer(name, _peer_url(_field(raw, "url", where + "."), where + ".url")))
+        try:
+            url = _peer_url(_field(raw, "url", where + "."), where + ".url")
+        except ManifestError as exc:
+            # Only this peer is unusable: its objects come from the others or upstream.
+            skipped.append(Skipped(name, SKIP_BAD_PEER, str(exc)))
+            continue
+        peers.append(Peer(name, url))
     raw_objects = _list(_field(doc, "objects"), "objects")
     if len(raw_objects) > max_objects:
         raise ManifestError(f"objects: {len(raw_objects)} objects, more than {max_objects}")
@@ -279,8 +355,14 @@ def parse_manifest(doc: object, *, max_objects: int = MAX_OBJECTS) -> FillManife
         where = f"objects[{i}]"
         if not isinstance(raw, dict):
             raise ManifestError(f"{where}: expected an object")
-        key = _str(_field(raw, "key", where + "."), where + ".key", _KEY)
-        path = _object_path(_str(_field(raw, "path", where + "."), where + ".path"), key, where)
+        path = _str(_field(raw, "path", where + "."), where + ".path")
+        try:
+            key = _str(_field(raw, "key", where + "."), where + ".key", _KEY)
+            _object_path(path, key, where)
+        except ManifestError as exc:
+            # A file this edge cannot fill (or ask a peer for): leave it out, fill the rest.
+            skipped.append(Skipped(path[:1024], SKIP_BAD_PATH, str(exc)))
+            continue
         if path in paths:
             raise ManifestError(f"{where}.path: duplicate {path[:80]!r}")
         paths.add(path)
@@ -301,7 +383,15 @@ def parse_manifest(doc: object, *, max_objects: int = MAX_OBJECTS) -> FillManife
             )
         )
     return FillManifest(
-        edge, site, version, generated_at, capacity, total, tuple(peers), tuple(objects)
+        edge,
+        site,
+        version,
+        generated_at,
+        capacity,
+        total,
+        tuple(peers),
+        tuple(objects),
+        tuple(skipped),
     )
 
 
@@ -315,13 +405,19 @@ class WorkItem:
 
 
 def plan_work(
-    manifest: FillManifest, me: str, complete: Callable[[FillObject], bool]
+    manifest: FillManifest,
+    me: str,
+    complete: Callable[[FillObject], bool],
+    objects: Iterable[FillObject] | None = None,
 ) -> list[WorkItem]:
-    """What is left to fetch, in order; ``complete(obj)`` says an object needs nothing."""
+    """What is left to fetch, in order; ``complete(obj)`` says an object needs nothing.
+
+    ``objects``: the manifest's objects this edge fills (``within_capacity``); default all.
+    """
     site_peers = [p.edge for p in manifest.peers]
     first: list[WorkItem] = []
     later: list[WorkItem] = []
-    for obj in manifest.objects:
+    for obj in manifest.objects if objects is None else objects:
         if complete(obj):
             continue
         holders = [h for h in obj.holders if h != me and h in site_peers]
@@ -336,6 +432,37 @@ def plan_work(
 def slice_count(size: int, slice_size: int) -> int:
     """Slices an object of ``size`` bytes occupies (an empty object is one empty slice)."""
     return max(1, -(-size // slice_size))
+
+
+def disk_bytes(obj: FillObject, slice_size: int) -> int:
+    """About what ``obj`` takes in the store: its bytes plus a header per slice."""
+    return obj.size + slice_count(obj.size, slice_size) * (_HEADER_BYTES + len(obj.path))
+
+
+def within_capacity(
+    objects: Sequence[FillObject], capacity: int, store_capacity: int, slice_size: int
+) -> tuple[list[FillObject], list[FillObject]]:
+    """``(kept, over)``: the objects to fill and pin, and those past either capacity.
+
+    Most popular first (score, then path), each object kept while its bytes fit in what is
+    left of ``capacity`` (object bytes, the manifest's) and of ``store_capacity`` (bytes on
+    disk); one that does not fit is left out and smaller ones after it may still fit. Both
+    lists keep the manifest's order.
+    """
+    left, disk_left = capacity, store_capacity
+    out: set[int] = set()
+    for i in sorted(range(len(objects)), key=lambda i: (-objects[i].score, objects[i].path)):
+        o = objects[i]
+        d = disk_bytes(o, slice_size)
+        if o.size <= left and d <= disk_left:
+            left -= o.size
+            disk_left -= d
+        else:
+            out.add(i)
+    if not out:
+        return list(objects), []
+    kept = [o for i, o in enumerate(objects) if i not in out]
+    return kept, [o for i, o in enumerate(objects) if i in out]
 
 
 # --------------------------------------------------------------------------- rate

@@ -48,12 +48,25 @@ fill_bytes_total{source}                    counter  bytes the nightly fill down
                                                      peer|parent|origin
 fill_objects_total{source,result}           counter  fill attempts per object and source: ok,
                                                      present (no download), not_cached (peer
-                                                     504), not_found, error, checksum, not_stored
-fill_verify_failures_total                  counter  filled objects whose xxh64 did not match the
-                                                     manifest (purged, next source tried)
+                                                     504), not_found, error (failed or crashed),
+                                                     checksum (xxh64 or size differs from the
+                                                     manifest's), not_stored; source=peer also
+                                                     token_failed (no token for the path: peers
+                                                     not asked) and peer_down (a peer given up
+                                                     for the run after 3 connection failures or
+                                                     timeouts in a row, not asked);
+                                                     source=manifest: objects of a fetched
+                                                     manifest left out, bad_path (a path the
+                                                     edge refuses) or over_capacity (past the
+                                                     manifest's or the store's capacity: not
+                                                     filled, not pinned)
+fill_verify_failures_total                  counter  filled objects whose xxh64 or size did not
+                                                     match the manifest (purged, next source
+                                                     tried)
 fill_pending_objects / fill_pending_bytes   gauge    manifest objects and bytes not yet filled
-fill_manifest_objects                       gauge    objects of the current manifest
-fill_manifest_bytes                         gauge    bytes of the current manifest
+fill_manifest_objects                       gauge    objects of the current manifest this edge
+                                                     fills (those left out are not counted)
+fill_manifest_bytes                         gauge    their bytes
 fill_pinned_bytes                           gauge    bytes pinned by the fill (= cache_pinned_bytes)
 fill_running                                gauge    1 while a fill runs, else 0
 ==========================================  =======  ==============================================
@@ -251,7 +264,7 @@ def _fill_metrics(fill: dict[str, Any] | None, pinned: int) -> Iterator[Metric]:
     yield objects
     yield _counter(
         "edge_fill_verify_failures",
-        "Filled objects rejected by the manifest checksum",
+        "Filled objects rejected by the manifest checksum or size",
         fill.get("verify_failures", 0),
     )
     for name, doc, key in (

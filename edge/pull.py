@@ -35,6 +35,21 @@ MAX_RESUMES = 2
 Throttle = Callable[["Fill", int], Awaitable[None]]
 
 
+class SizeMismatch(EdgeError):
+    """A proactive fill's source has the object at another size than the caller expects.
+
+    Raised as soon as the first slice tells the size, so a wrong object costs one slice,
+    not a whole download; that slice stays cached for the caller to purge.
+    """
+
+    reason = "size_mismatch"
+
+    def __init__(self, path: str, meta: ObjectMeta, expected: int) -> None:
+        super().__init__(f"{path} is {meta.size} bytes at the source, expected {expected}")
+        self.meta = meta
+        self.expected = expected
+
+
 class Fill:
     """One slice on its way from upstream to disk."""
 
@@ -178,6 +193,7 @@ class Puller:
         pinned: bool = False,
         source: Upstreams | None = None,
         throttle: Throttle | None = None,
+        expect_size: int | None = None,
     ) -> tuple[ObjectMeta, int]:
         """Proactive insert: cache every slice of ``path``, optionally pinned.
 
@@ -187,7 +203,8 @@ class Puller:
 
         ``source`` replaces the configured upstreams (a peer or a parent) and
         ``throttle`` paces the download; a slice a player miss is already fetching
-        is joined instead (its bytes are the player's, unthrottled).
+        is joined instead (its bytes are the player's, unthrottled). With ``expect_size``,
+        ``SizeMismatch`` is raised as soon as the first slice shows another size.
         """
         store = self.store
         meta: ObjectMeta | None = None
@@ -221,6 +238,8 @@ class Puller:
                 meta = meta or fill.meta
                 fetched += 1
             assert meta is not None
+            if index == 0 and expect_size is not None and meta.size != expect_size:
+                raise SizeMismatch(path, meta, expect_size)
             if pinned:
                 store.set_pinned(path, index, True)
             count = max(1, -(-meta.size // store.slice_size))

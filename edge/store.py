@@ -25,7 +25,7 @@ import secrets
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,15 +252,35 @@ def _unlink(path: str) -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write a small file crash-safely: temporary name, fsync, rename."""
+    """Write a small file crash-safely: temporary name, fsync, rename, fsync the directory.
+
+    On any error the file under ``path`` is left as it was and the temporary is removed:
+    a full disk (a short write, then ENOSPC) must never replace a good file with a
+    truncated one.
+    """
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, data)
+        try:
+            _write_all(fd, data)  # os.write may write less than asked
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename is durable only once the directory entry is on disk.
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 class SliceWriter:
@@ -304,6 +324,8 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
+        if n <= 0:  # a regular file that takes nothing: looping would never end
+            raise OSError(28, "write made no progress (disk full?)")
         view = view[n:]
 
 
@@ -587,6 +609,28 @@ class SliceStore:
         if ok:
             disk.pins_dirty = True
         return ok
+
+    @property
+    def pinned_bytes(self) -> int:
+        return sum(d.index.pinned_bytes for d in self.disks)
+
+    def unpin_except(self, keep: Container[int]) -> Iterator[int]:
+        """Unpin every pinned slice whose key is not in ``keep``, lazily.
+
+        Yields once per cached slice examined: the bytes that slice released (0 when it was
+        not pinned or is kept), so the caller can pace a walk over millions of slices and
+        give the event loop back between steps. The keys are a snapshot: slices added
+        meanwhile are not looked at, slices removed meanwhile are skipped.
+        """
+        for disk in self.disks:
+            index = disk.index
+            for key in list(index._slot):
+                released = 0
+                if key not in keep and index.is_pinned(key):
+                    released = index.size_of(key) or 0
+                    if index.unpin(key):
+                        disk.pins_dirty = True
+                yield released
 
     def flush_pins(self) -> None:
         """Persist pin changes (batched: rewriting the file per change would be quadratic).

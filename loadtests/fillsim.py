@@ -25,13 +25,20 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import re
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 
-from control.popularity import DAY, decay_weight, editorial_boost
+from control.popularity import (
+    DAY,
+    SURVIVAL_BINS,
+    SurvivalTally,
+    decay_weight,
+    editorial_boost,
+)
 from edge.lru import LRUIndex
 
 __all__ = [
@@ -39,11 +46,14 @@ __all__ = [
     "HOUR",
     "MIB",
     "Result",
+    "Sessions",
+    "Titles",
     "Trace",
     "TraceError",
     "Workload",
     "WorkloadParams",
     "diurnal_weights",
+    "expected",
     "format_trace",
     "generate",
     "measured_day",
@@ -51,10 +61,13 @@ __all__ = [
     "oracle",
     "parse_trace",
     "predict",
+    "predict_objects",
     "select_fill",
     "simulate_belady",
     "simulate_fill",
     "simulate_lru",
+    "titles_of",
+    "viewing_survival",
     "zipf_weights",
 ]
 
@@ -244,6 +257,10 @@ class Workload:
     release_day: dict[int, int]  # release title -> the day it is published
     session_starts: array[float]
     session_titles: array[int]
+    session_chunks: array[int]  # chunks each session requested (from chunk 0, in order)
+    # Each day's popularity weights of every title (0 before a release is out): the rate the
+    # day's sessions are drawn with, for the expected-rate bound (``expected``).
+    day_weights: list[list[float]] = field(default_factory=list)
 
 
 def zipf_weights(n: int, alpha: float) -> list[float]:
@@ -304,8 +321,10 @@ def generate(p: WorkloadParams, seed: int) -> Workload:
     end = p.days * DAY
     shift = max(1, len(obj_sizes).bit_length())
     packed: list[int] = []
+    day_weights: list[list[float]] = []
     starts: array[float] = array("d")
     chosen: array[int] = array("q")
+    read: array[int] = array("q")
     for day in range(p.days):
         if day:
             drift = [p.churn_keep * x + rng.gauss(0.0, p.churn_sigma) for x in drift]
@@ -314,6 +333,7 @@ def generate(p: WorkloadParams, seed: int) -> Workload:
             age = day - d
             fade = max(p.release_decay**age, p.release_floor) if age >= 0 else 0.0
             weights.append(release_peak[t] * fade)
+        day_weights.append(weights)
         cum = list(accumulate(weights))
         day_starts = sorted(
             day * DAY + (rng.choices(range(24), cum_weights=hours)[0] + rng.random()) * HOUR
@@ -333,11 +353,14 @@ def generate(p: WorkloadParams, seed: int) -> Workload:
             else:
                 watched = rng.uniform(p.abandon_max, 1.0)
             n_chunks = first[title + 1] - first[title]
+            c = 0
             for c in range(max(1, math.ceil(watched * n_chunks))):
                 at = start + c * chunk_s
                 if at >= end:
+                    c -= 1
                     break
                 packed.append(round(at * 1000) << shift | (first[title] + c))
+            read.append(c + 1)
     packed.sort()
     mask = (1 << shift) - 1
     times = array("d", [(x >> shift) / 1000 for x in packed])
@@ -345,7 +368,41 @@ def generate(p: WorkloadParams, seed: int) -> Workload:
     del packed
     releases = {o: published[t] for t in release_day for o in range(first[t], first[t + 1])}
     trace = Trace(times, objects, obj_sizes, names, releases)
-    return Workload(p, trace, sizes, first, release_day, starts, chosen)
+    return Workload(p, trace, sizes, first, release_day, starts, chosen, read, day_weights)
+
+
+def viewing_survival(p: WorkloadParams, x: float) -> float:
+    """P(a session reads past fraction ``x`` of its title), from the generator's viewing
+    model: ``abandon_share`` stop uniformly within ``abandon_max``, ``complete_share`` watch
+    it all, the rest stop uniformly in ``abandon_max..1``."""
+    if x <= 0:
+        return 1.0
+    rest = 1.0 - p.abandon_share - p.complete_share
+    early = p.abandon_share * max(0.0, 1.0 - x / p.abandon_max)
+    late = rest * min(1.0, max(0.0, (1.0 - x) / (1.0 - p.abandon_max)))
+    return early + late + p.complete_share
+
+
+def expected(w: Workload, fill_times: Sequence[float]) -> list[dict[int, float]]:
+    """Each night's *expected* requests of every chunk over the next day, from the rates the
+    generator draws that day's sessions with (the titles' weights) and its viewing model:
+    weight x S(chunk start). Not a policy either: it is the best any predictor that does not
+    see the future's random draws could know, so what fill with it cannot reach, no
+    predictor can. (The day of the night is used; a fill at 02:00 serves mostly that day.)"""
+    p = w.params
+    first = w.title_first_object
+    out: list[dict[int, float]] = []
+    for now in fill_times:
+        day = min(int(now // DAY), len(w.day_weights) - 1)
+        scores: dict[int, float] = {}
+        for t, weight in enumerate(w.day_weights[day]):
+            if weight <= 0:
+                continue
+            n = first[t + 1] - first[t]
+            for c in range(n):
+                scores[first[t] + c] = weight * viewing_survival(p, c / n)
+        out.append(scores)
+    return out
 
 
 # -- results --------------------------------------------------------------------------------
@@ -422,7 +479,145 @@ def simulate_lru(trace: Trace, capacity: int, lo: int, hi: int) -> Result:
 # -- LRU plus nightly fill ------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Titles:
+    """Which title and chunk each object of a trace is, read from its name
+    (``<title>c<chunk>``, as the generator names them): ``title[o]``, ``chunk[o]``;
+    ``objects[t][c]`` is the object of chunk ``c`` of title ``t`` (-1 if the trace never
+    requests it) and ``len(objects[t])`` the title's chunk count; ``names[t]`` the title."""
+
+    title: array[int]
+    chunk: array[int]
+    objects: list[list[int]]
+    names: list[str]
+
+
+_CHUNK_NAME = re.compile(r"(.+)c(\d+)")
+
+
+def titles_of(trace: Trace) -> Titles | None:
+    """The titles of a trace whose every object name says its title and chunk, else None
+    (the predictor then scores each object from its own requests)."""
+    ids: dict[str, int] = {}
+    title: array[int] = array("q")
+    chunk: array[int] = array("q")
+    objects: list[list[int]] = []
+    for o, name in enumerate(trace.names):
+        m = _CHUNK_NAME.fullmatch(name)
+        if m is None:
+            return None
+        t = ids.setdefault(m.group(1), len(ids))
+        if t == len(objects):
+            objects.append([])
+        c = int(m.group(2))
+        row = objects[t]
+        if c >= len(row):
+            row.extend([-1] * (c + 1 - len(row)))
+        row[c] = o
+        title.append(t)
+        chunk.append(c)
+    return Titles(title, chunk, objects, list(ids))
+
+
+@dataclass(slots=True)
+class Sessions:
+    """Sessions rebuilt from a trace's requests, fed in time order (``feed``): a request for a
+    title's chunk 0 starts one; a request for chunk ``c > 0`` continues the most recent session
+    of that title whose last chunk was ``c - 1`` (sessions of a title that run at once read at
+    the same pace, so swapping two of them changes no count). A request continuing nothing (a
+    trace cut mid-session, a seek) is left out. ``start[s]``, ``title[s]``, ``chunks[s]``
+    (chunks read so far)."""
+
+    titles: Titles
+    start: array[float] = field(default_factory=lambda: array("d"))
+    title: array[int] = field(default_factory=lambda: array("q"))
+    chunks: array[int] = field(default_factory=lambda: array("q"))
+    _waiting: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    _pos: int = 0
+
+    def feed(self, trace: Trace, stop: int) -> None:
+        """Take in requests from where the last call stopped up to index ``stop``."""
+        tof, cof = self.titles.title, self.titles.chunk
+        objects, times = trace.objects, trace.times
+        waiting = self._waiting
+        start, title, chunks = self.start, self.title, self.chunks
+        for i in range(self._pos, stop):
+            o = objects[i]
+            t, c = tof[o], cof[o]
+            if c == 0:
+                sid = len(start)
+                start.append(times[i])
+                title.append(t)
+                chunks.append(1)
+            else:
+                stack = waiting.get((t, c))
+                if not stack:
+                    continue
+                sid = stack.pop()
+                chunks[sid] = c + 1
+            waiting.setdefault((t, c + 1), []).append(sid)
+        self._pos = max(self._pos, stop)
+
+
 def predict(
+    trace: Trace,
+    fill_times: Sequence[float],
+    *,
+    titles: Titles | None = None,
+    half_life_days: float = 1.0,
+    boost_views: float = 0.0,
+    boost_days: float = 2.0,
+    bins: int = SURVIVAL_BINS,
+) -> list[dict[int, float]]:
+    """Each night's predicted score of every object, from the requests before that night.
+
+    With ``titles`` (``titles_of``), as control/fill.py scores files: a title's score is its
+    decayed count of sessions (``decay_weight`` of each session's start), one survival curve
+    (``control.popularity.SurvivalTally``) is estimated from every session's reached fraction
+    (the middle of its last chunk: ``(chunks - 0.5) / n``), and chunk ``c`` of an ``n``-chunk
+    title scores ``count * S(c / n)``; a release published by the next night gets
+    ``editorial_boost`` sessions. Without ``titles``, each object is scored from its own
+    requests (``predict_objects``). The release's true popularity is never looked at."""
+    if titles is None:
+        return predict_objects(
+            trace,
+            fill_times,
+            half_life_days=half_life_days,
+            boost_views=boost_views,
+            boost_days=boost_days,
+        )
+    release_titles: dict[int, float] = {}
+    for o, published in trace.releases.items():
+        release_titles[titles.title[o]] = published
+    sessions = Sessions(titles)
+    rows = titles.objects
+    out: list[dict[int, float]] = []
+    for now in fill_times:
+        sessions.feed(trace, trace.index_at(now))
+        counts: dict[int, float] = {}
+        tally = SurvivalTally(bins)
+        for t0, t, n in zip(sessions.start, sessions.title, sessions.chunks, strict=True):
+            w = decay_weight(now - t0, half_life_days)
+            counts[t] = counts.get(t, 0.0) + w
+            tally.add((n - 0.5) / len(rows[t]), w)
+        for t, published in release_titles.items():
+            if published <= now + DAY:  # the schedule is known a day ahead
+                b = editorial_boost(published, now, boost_views, boost_days)
+                if b > 0:
+                    counts[t] = counts.get(t, 0.0) + b
+        s = tally.curve()
+        night: dict[int, float] = {}
+        for t, count in counts.items():
+            row = rows[t]
+            n = len(row)
+            for c, o in enumerate(row):
+                if o >= 0:
+                    night[o] = count * s(c / n)
+        out.append(night)
+    return out
+
+
+def predict_objects(
     trace: Trace,
     fill_times: Sequence[float],
     *,
@@ -430,12 +625,11 @@ def predict(
     boost_views: float = 0.0,
     boost_days: float = 2.0,
 ) -> list[dict[int, float]]:
-    """Each night's predicted score of every object, from the requests before that night.
-
-    As control/popularity.py scores files: a request adds its bytes / its object's size (one
-    view: a trace request reads its whole object) weighted by ``decay_weight`` of its age, and
-    the objects of a release published by the next night get ``editorial_boost`` views (a
-    view reads every chunk once). The release's true popularity is never looked at."""
+    """The fallback for a trace whose object names do not say their title: each object is
+    scored from its own requests (noisy for a tail chunk with a few requests a day). A request
+    adds its bytes / its object's size (one read of the object) weighted by ``decay_weight``
+    of its age, and the objects of a release published by the next night get
+    ``editorial_boost`` reads."""
     out: list[dict[int, float]] = []
     scores: dict[int, float] = {}
     at: float | None = None

@@ -9,7 +9,9 @@ Routes (JSON unless noted):
   trusted proxy's X-Forwarded-For) is used.
 - ``GET /v1/steering/hls?key=K&client=IP`` and ``/v1/steering/dash?...``: HLS and DASH
   Content Steering manifests for players (pathway = edge id), reloaded every ``steering_ttl``.
-- ``POST /heartbeat``: an edge's heartbeat, with a Bearer heartbeat credential.
+- ``POST /heartbeat``: an edge's heartbeat, with a Bearer heartbeat credential. Its optional
+  ``fill`` object (the edge's fill progress) is only a report: an invalid one (version skew)
+  is logged once per edge and ignored, never a reason to refuse the heartbeat.
 - ``GET /fleet``: every edge's health, load, last heartbeat and reason, and its fill
   (``fill``: the progress of its last heartbeat; ``fill_manifest``: the manifest it is given).
 - ``GET /fill/manifest/{edge_id}``: the edge's fill manifest (``fillfeed.py``, ``fill.py``),
@@ -27,6 +29,8 @@ Metrics (``/metrics``, Prometheus):
 - ``steering_transitions_total``: edge health transitions.
 - ``steering_fill_feed_reads_total{site,result}``: popularity feed reads by result (ok,
   unreachable, http_error, malformed, credential).
+- ``steering_fill_feed_skipped_objects_total{site}``: objects of good feed reads left out
+  because they break the contract (counted at every read that has them).
 - ``steering_fill_manifests_served_total``: fill manifests answered with 200/304.
 - ``steering_fill_manifest_objects{edge}``, ``steering_fill_manifest_bytes{edge}``: the size of
   each edge's manifest in force.
@@ -65,7 +69,7 @@ from prometheus_client.registry import Collector
 from edge.metrics import Histogram
 
 from .config import EdgeConfig, SteeringConfig
-from .fill import FillProgress, parse_progress
+from .fill import FeedError, FillProgress, parse_progress
 from .fillfeed import FillDisabled, FillService, FillUnavailable, NoManifest
 from .health import Fleet, Heartbeat, UnknownEdge
 from .ring import BoundedLoads, Member, Ring
@@ -104,6 +108,7 @@ class Steering:
         self.latency = Histogram()
         self.transitions = 0
         self._tokens: tuple[int, list[str]] | None = None
+        self.fill_report_invalid: set[str] = set()  # edges whose last fill report was invalid
         self.fill = FillService(config, clock=clock)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -210,6 +215,7 @@ class Steering:
         self.fleet.dead_after = config.dead_after
         self.fleet.recover_after = config.recover_after
         self.fill.configure(config)
+        self.fill_report_invalid &= set(self.edges)
         self._tokens = None
         self.bounded.clear()
         self.usable_key.clear()
@@ -224,7 +230,19 @@ class Steering:
         except OSError:
             return self._tokens[1] if self._tokens else []
         if self._tokens is None or self._tokens[0] != mtime:
-            self._tokens = (mtime, read_tokens(Path(path)))
+            last = self._tokens[1] if self._tokens else []
+            try:
+                self._tokens = (mtime, read_tokens(Path(path)))
+            except (OSError, UnicodeDecodeError) as exc:
+                # Not a 500 on every heartbeat: the last good tokens stay, logged once per
+                # change of the file (its bytes are not quoted: they are secrets).
+                log.error(
+                    "event=heartbeat_credentials_unreadable path=%s error=%r kept=%d",
+                    path,
+                    exc.strerror if isinstance(exc, OSError) else "not UTF-8 text",
+                    len(last),
+                )
+                self._tokens = (mtime, last)
         return self._tokens[1]
 
     # -- health ----------------------------------------------------------------------------
@@ -273,6 +291,14 @@ class _Collector(Collector):
         )
         for (site, result), v in sorted(fill.reads.items()):
             c.add_metric([site, result], v)
+        yield c
+        c = CounterMetricFamily(
+            "steering_fill_feed_skipped_objects",
+            "Feed objects left out because they break the contract",
+            labels=["site"],
+        )
+        for site, v in sorted(fill.skipped.items()):
+            c.add_metric([site], v)
         yield c
         yield CounterMetricFamily(
             "steering_fill_manifests_served",
@@ -522,10 +548,6 @@ async def _heartbeat(request: web.Request) -> web.Response:
             cached_bytes=int(doc.get("cached_bytes", 0)),
             sent_at=float(doc.get("sent_at", time.time())),
         )
-        # Optional fill progress (the edge's nightly fill); FeedError is a ValueError.
-        progress: FillProgress | None = (
-            None if doc.get("fill") is None else parse_progress(doc["fill"])
-        )
     except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise web.HTTPBadRequest(text=f"malformed heartbeat: {exc}\n") from exc
     try:
@@ -535,9 +557,33 @@ async def _heartbeat(request: web.Request) -> web.Response:
     except ValueError as exc:  # a state or load the fleet refuses
         raise web.HTTPBadRequest(text=f"malformed heartbeat: {exc}\n") from exc
     if accepted:  # a stale or skewed heartbeat must not roll progress back either
-        s.fill.record_heartbeat(hb.edge_id, hb.disk_capacity, progress)
+        s.fill.record_heartbeat(hb.edge_id, hb.disk_capacity, _fill_report(s, hb.edge_id, doc))
     s.tick()
     return web.json_response({"ok": True, "state": s.fleet.state(hb.edge_id).name.lower()})
+
+
+def _fill_report(s: Steering, edge_id: str, doc: dict[str, Any]) -> FillProgress | None:
+    """The heartbeat's optional fill progress, or None. An invalid one (an edge newer or older
+    than steering) is dropped, with the progress shown so far, and logged once per edge per
+    transition: the heartbeat stays good, so the edge keeps its place in routing."""
+    raw = doc.get("fill")
+    try:
+        progress = None if raw is None else parse_progress(raw)
+    except FeedError as exc:
+        if edge_id not in s.fill_report_invalid:
+            s.fill_report_invalid.add(edge_id)
+            log.warning(
+                "event=heartbeat_fill_invalid edge=%s error=%r note=%r",
+                edge_id,
+                str(exc)[:300],
+                "ignored; the heartbeat is accepted",
+            )
+        s.fill.progress.pop(edge_id, None)  # unknown now: not the last valid report
+        return None
+    if edge_id in s.fill_report_invalid:
+        s.fill_report_invalid.discard(edge_id)
+        log.info("event=heartbeat_fill_valid edge=%s", edge_id)
+    return progress
 
 
 def _no_constant(name: str) -> float:

@@ -19,6 +19,9 @@ from edge.config import Listen, parse_listen
 from edge.units import UnitError, parse_duration, parse_size
 from edge.yamlconfig import KeyChecker, read_yaml
 
+# fill.feed_limit's maximum: what a site's feed costs steering in memory (see there).
+from .fill import MAX_FEED_OBJECTS
+
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
@@ -55,6 +58,7 @@ class FillConfig:
     max_copies: int = 3  # copies of the most popular objects within a site
     stickiness: float = 1.2  # how much an object already held is favoured over a newcomer
     state_file: Path | None = None  # last feeds' digests and manifests, across restarts
+    feed_limit: int = 100_000  # objects asked of each site's feed (its ``limit``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,11 @@ class _R(KeyChecker):
         u = urlsplit(v)
         if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment:
             raise self.fail(key, f"expected an http(s) URL without query, got {v!r}")
+        if "@" in u.netloc:
+            # Edges' and the origin's URLs go to players in every answer and steering manifest
+            # (and to logs): a password there is a leaked one. Credentials go in credential
+            # files; the value is not quoted back in the error for the same reason.
+            raise self.fail(key, "expected an http(s) URL without user:password@ (userinfo)")
         return v.rstrip("/")
 
     def file(self, v: object, key: str) -> Path | None:
@@ -137,7 +146,7 @@ class _R(KeyChecker):
 
 FILL = (
     "popularity_url", "credential_file", "refresh", "share", "max_copies", "stickiness",
-    "state_file",
+    "state_file", "feed_limit",
 )  # fmt: skip
 
 
@@ -150,6 +159,12 @@ def _fill(r: _R, raw: object) -> FillConfig:
     max_copies = d.get("max_copies", 3)
     if isinstance(max_copies, bool) or not isinstance(max_copies, int):
         raise r.fail("fill.max_copies", f"expected a whole number from 1 to 16, got {max_copies!r}")
+    feed_limit = d.get("feed_limit", 100_000)
+    if isinstance(feed_limit, bool) or not isinstance(feed_limit, int):
+        raise r.fail(
+            "fill.feed_limit",
+            f"expected a whole number from 1 to {MAX_FEED_OBJECTS}, got {feed_limit!r}",
+        )
     return FillConfig(
         popularity_url=None if url is None else r.url(url, "fill.popularity_url"),
         credential_file=r.file(d.get("credential_file"), "fill.credential_file"),
@@ -158,6 +173,7 @@ def _fill(r: _R, raw: object) -> FillConfig:
         max_copies=int(r.number(max_copies, "fill.max_copies", 1, 16)),
         stickiness=r.number(d.get("stickiness", 1.2), "fill.stickiness", 1.0, 100.0),
         state_file=r.writable(d.get("state_file"), "fill.state_file"),
+        feed_limit=int(r.number(feed_limit, "fill.feed_limit", 1, MAX_FEED_OBJECTS)),
     )
 
 

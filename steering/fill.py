@@ -65,10 +65,25 @@ __all__ = [
 
 HOT_DIVISOR = 10  # the k-th extra copy: objects in the top 1 / HOT_DIVISOR**k of the feed
 MEDIAN_FACTOR = 2.0  # ... and at least MEDIAN_FACTOR**k times the median score
-MAX_FEED_OBJECTS = 200_000  # the control plane's limit is 100000; twice that is an error
+# The most objects a feed may hold (and fill.feed_limit's maximum). Memory: a parsed object
+# keeps ~340 bytes (FeedObject, its strings, its float), so 100k objects (the default limit,
+# ~28 two-hour titles at 4 s segments) are ~34 MB per site, 1M are ~340 MB per site; while
+# a feed is parsed the JSON body (~140 bytes an object) and its decoded dicts (~450 bytes an
+# object) come on top, one site at a time. Beyond 1M a site's steering memory, and the
+# seconds its plan takes in the event loop, stop being reasonable.
+MAX_FEED_OBJECTS = 1_000_000
 MAX_SIZE = 2**50  # 1 PiB: a file size beyond it is a corrupt feed, not a film
+# Bad objects skipped before a feed is refused whole: a few odd files are skipped, but a feed
+# in which more than this share (and more than MIN_SKIPPED_REFUSED objects) breaks the contract
+# is a version skew or a broken control plane, and must not replace a good feed (it would
+# empty the manifests).
+MAX_SKIPPED_SHARE = 0.1
+MIN_SKIPPED_REFUSED = 10
 
-# The control plane's media keys (control/manifest.py) and the origin's file names.
+# The control plane's media keys (control/manifest.py) and the origin's file names. The file
+# rule is the control plane's too (control/catalog.py safe_relative_path): a segment does not
+# start with '.', is at most 255 characters, and no name holds '..' (the edge's tokens refuse
+# it anywhere in a path).
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 _SEGMENT = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]{0,254}\Z")
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
@@ -102,6 +117,8 @@ class PopularityFeed:
     half_life_days: float
     objects: tuple[FeedObject, ...]
     digest: str  # xxh64 of the objects' canonical lines: equal digests, equal feeds
+    skipped: int = 0  # objects that broke the contract, left out
+    skip_detail: str = ""  # the first of them: where and what
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,26 +134,57 @@ def _fail(where: str, msg: str) -> FeedError:
     return FeedError(f"{where}: {msg}")
 
 
+def _show(v: object, n: int = 80) -> str:
+    """``repr(v)`` cut to ``n`` characters: errors quote what they got, never megabytes of it."""
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + "..."
+
+
 def _number(v: object) -> bool:
     return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
 
 
 def _valid_path(path: str, key: str) -> bool:
     prefix = f"/v/{key}/"
-    if not path.startswith(prefix) or len(path) > 1024:
+    if not path.startswith(prefix) or len(path) > 1024 or ".." in path:
         return False
     return all(_SEGMENT.match(s) for s in path[len(prefix) :].split("/"))
 
 
-def parse_feed(doc: object, region: str) -> PopularityFeed:
+def _feed_object(o: object, where: str) -> FeedObject:
+    """One object of the feed, or ``FeedError`` naming what is wrong with it."""
+    if not isinstance(o, dict):
+        raise _fail(where, "expected an object")
+    key, path, size, xx, score = (o.get(k) for k in ("key", "path", "size", "xxh64", "score"))
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise _fail(f"{where}.key", f"not a media key: {_show(key, 140)}")
+    if not isinstance(path, str) or not _valid_path(path, key):
+        raise _fail(f"{where}.path", f"expected a file under /v/{key}/, got {_show(path, 300)}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
+        raise _fail(f"{where}.size", f"expected a byte count >= 0, got {_show(size)}")
+    if not isinstance(xx, str) or not _HEX16.match(xx):
+        raise _fail(f"{where}.xxh64", f"expected 16 lowercase hex digits, got {_show(xx)}")
+    if not _number(score) or score <= 0:  # type: ignore[operator]
+        raise _fail(f"{where}.score", f"expected a number > 0, got {_show(score)}")
+    return FeedObject(key, path, size, xx, float(score))  # type: ignore[arg-type]
+
+
+def parse_feed(
+    doc: object, region: str, *, limit: int = MAX_FEED_OBJECTS, strict: bool = False
+) -> PopularityFeed:
     """Validate the control plane's ``/v1/fill/popularity`` answer for ``region``.
 
-    Raises ``FeedError`` naming the first thing wrong: a feed that is refused must never
-    replace a good one, so nothing is repaired or skipped silently."""
+    A feed broken as a whole (not an object, another region, wrong top-level types, more than
+    ``limit`` objects) raises ``FeedError`` naming the first thing wrong: a refused feed never
+    replaces a good one. An object that breaks the contract (a file name steering or the edge
+    would refuse, a wrong type, a path listed twice) is skipped and counted in ``skipped``,
+    so one odd file cannot freeze every manifest of the site on its last feed; unless more
+    than ``MAX_SKIPPED_SHARE`` of them are bad, which is refused whole. ``strict`` (the
+    state file, which steering itself wrote) refuses the first bad object instead."""
     if not isinstance(doc, dict):
         raise _fail("feed", "expected a JSON object")
     if doc.get("region") != region:
-        raise _fail("region", f"expected {region!r}, got {doc.get('region')!r}")
+        raise _fail("region", f"expected {region!r}, got {_show(doc.get('region'))}")
     fallback = doc.get("fallback", False)
     if not isinstance(fallback, bool):
         raise _fail("fallback", f"expected true or false, got {fallback!r}")
@@ -149,32 +197,33 @@ def parse_feed(doc: object, region: str) -> PopularityFeed:
     raw = doc.get("objects")
     if not isinstance(raw, list):
         raise _fail("objects", "expected a list")
-    if len(raw) > MAX_FEED_OBJECTS:
-        raise _fail("objects", f"{len(raw)} objects, more than {MAX_FEED_OBJECTS}")
+    if len(raw) > limit:
+        raise _fail("objects", f"{len(raw)} objects, more than the {limit} asked for")
     objects: list[FeedObject] = []
     seen: set[str] = set()
+    skipped, skip_detail = 0, ""
     digest = xxhash.xxh64()
     for i, o in enumerate(raw):
-        where = f"objects[{i}]"
-        if not isinstance(o, dict):
-            raise _fail(where, "expected an object")
-        key, path, size, xx, score = (o.get(k) for k in ("key", "path", "size", "xxh64", "score"))
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise _fail(f"{where}.key", f"not a media key: {key!r}")
-        if not isinstance(path, str) or not _valid_path(path, key):
-            raise _fail(f"{where}.path", f"expected a file under /v/{key}/, got {path!r}")
-        if path in seen:
-            raise _fail(f"{where}.path", f"duplicate path {path!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
-            raise _fail(f"{where}.size", f"expected a byte count >= 0, got {size!r}")
-        if not isinstance(xx, str) or not _HEX16.match(xx):
-            raise _fail(f"{where}.xxh64", f"expected 16 lowercase hex digits, got {xx!r}")
-        if not _number(score) or score <= 0:  # type: ignore[operator]
-            raise _fail(f"{where}.score", f"expected a number > 0, got {score!r}")
-        seen.add(path)
-        obj = FeedObject(key, path, size, xx, float(score))  # type: ignore[arg-type]
+        try:
+            obj = _feed_object(o, f"objects[{i}]")
+            if obj.path in seen:
+                raise _fail(f"objects[{i}].path", f"duplicate path {obj.path!r}")
+        except FeedError as exc:
+            if strict:
+                raise
+            skipped += 1
+            skip_detail = skip_detail or str(exc)
+            continue
+        seen.add(obj.path)
         objects.append(obj)
-        digest.update(f"{key} {path} {size} {xx} {obj.score!r}\n".encode())
+        digest.update(f"{obj.key} {obj.path} {obj.size} {obj.xxh64} {obj.score!r}\n".encode())
+    if skipped and (
+        not objects or (skipped > MIN_SKIPPED_REFUSED and skipped > MAX_SKIPPED_SHARE * len(raw))
+    ):
+        raise _fail(
+            "objects",
+            f"{skipped} of {len(raw)} objects break the contract (first: {skip_detail})",
+        )
     return PopularityFeed(
         region=region,
         fallback=fallback,
@@ -182,6 +231,8 @@ def parse_feed(doc: object, region: str) -> PopularityFeed:
         half_life_days=float(half_life),
         objects=tuple(objects),
         digest=digest.hexdigest(),
+        skipped=skipped,
+        skip_detail=skip_detail,
     )
 
 

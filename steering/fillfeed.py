@@ -3,19 +3,22 @@
 ``fill.py`` plans; this module does the I/O around it:
 
 * every ``fill.refresh`` (and on ``POST /fill/refresh``) each site's feed is read from
-  ``<popularity_url>/v1/fill/popularity?region=<site>`` with the bearer token in
-  ``fill.credential_file``. A read that fails (unreachable, an HTTP error, a feed that breaks
-  the contract) keeps the last good feed and the manifests in force; failures are logged once
-  per transition, not once per read, and counted by result;
+  ``<popularity_url>/v1/fill/popularity?region=<site>&limit=<fill.feed_limit>`` with the
+  bearer token in ``fill.credential_file``. A read that fails (unreachable, an HTTP error, a
+  feed that breaks the contract as a whole, a credential file that cannot be read) keeps the
+  last good feed and the manifests in force; failures are logged once per transition, not once
+  per read, and counted by result. Objects of a good feed that break the contract (a file name
+  the edge would refuse...) are left out and counted (``skipped``), logged once per change;
+* the manifests and the feeds' digests are kept in ``fill.state_file`` (``fillstate.py``);
 * after a read, a site's manifests are rebuilt only when an input of the plan changed (the
   feed's digest, an edge's weight or capacity, the fill settings), with the manifests in force
   as the previous ones (stickiness), so identical refreshes keep identical versions;
 * an edge's capacity comes from ``fill_capacity`` in its config, else from the
   ``disk_capacity`` of its last heartbeat; a capacity that appears or changes rebuilds the
   site at once (in the background task, not in the heartbeat's handler);
-* the manifests and the feeds' digests are written to ``fill.state_file`` (temporary file,
-  fsync, rename) so a restarted steering service serves the same manifests at once, and the
-  next plan is still sticky.
+* the state file is written after every change (temporary file, fsync, rename) so a
+  restarted steering service serves the same manifests at once, and the next plan is still
+  sticky.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,23 +36,32 @@ import aiohttp
 import xxhash
 
 from .config import EdgeConfig, SteeringConfig
-from .fill import (
-    FillEdge,
-    FillProgress,
-    Manifest,
-    Placed,
-    PopularityFeed,
-    manifest_version,
-    parse_feed,
-    plan_site,
-)
+from .fill import FillEdge, FillProgress, PopularityFeed, parse_feed, plan_site
+from .fillstate import Served, SiteState, object_doc, read_state, state_doc, write_atomically
 
 log = logging.getLogger("steering.fill")
 
-FEED_TIMEOUT = 30.0  # seconds for one feed read: 100k objects are ~15 MB of JSON
-MAX_FEED_BYTES = 64 * 1024 * 1024
-STATE_FORMAT = 1
+# One feed read: 100k objects are ~14 MB of JSON (~140 bytes an object). The caps follow
+# fill.feed_limit: 30 s per 100k objects asked (at least 30 s), and 640 bytes an object (plus
+# 1 MiB) of body, over four times a typical object, and ~62 MiB at the default 100k; the memory
+# a feed takes once parsed is in fill.py (MAX_FEED_OBJECTS).
+FEED_TIMEOUT_PER_OBJECT = 30.0 / 100_000
+MIN_FEED_TIMEOUT = 30.0
+FEED_BYTES_PER_OBJECT = 640
+FEED_BYTES_BASE = 1024 * 1024
 RESULTS = ("ok", "unreachable", "http_error", "malformed", "credential")
+
+
+def feed_timeout(limit: int) -> float:
+    return max(MIN_FEED_TIMEOUT, limit * FEED_TIMEOUT_PER_OBJECT)
+
+
+def max_feed_bytes(limit: int) -> int:
+    return FEED_BYTES_BASE + limit * FEED_BYTES_PER_OBJECT
+
+
+class CredentialError(Exception):
+    """``fill.credential_file`` cannot give a token (unreadable, not UTF-8, no token)."""
 
 
 class FillUnavailable(Exception):
@@ -70,27 +81,6 @@ class NoManifest(FillUnavailable):
 
 
 @dataclass(slots=True)
-class Served:
-    """A manifest in force, with its rendered body (cleared when the config changes)."""
-
-    site: str
-    manifest: Manifest
-    generated_at: float
-    body: bytes | None = None
-
-
-@dataclass(slots=True)
-class SiteState:
-    feed: PopularityFeed | None = None
-    feed_digest: str | None = None  # also known after a restart, before the feed is re-read
-    inputs: str | None = None  # digest of the inputs of the manifests in force
-    read_at: float | None = None
-    result: str | None = None  # of the last read
-    detail: str = ""
-    left_out: int = 0
-
-
-@dataclass(slots=True)
 class FillService:
     config: SteeringConfig
     clock: Callable[[], float] = time.time
@@ -100,6 +90,7 @@ class FillService:
     progress: dict[str, FillProgress] = field(default_factory=dict)
     churn_bytes: dict[str, int] = field(default_factory=dict)
     reads: dict[tuple[str, str], int] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)  # feed objects left out, per site
     manifests_served: int = 0
     session: aiohttp.ClientSession | None = None
     writing: asyncio.Future[None] | None = None  # the state file write in progress
@@ -166,40 +157,69 @@ class FillService:
         path = self.config.fill.credential_file
         if path is None:
             return None
-        for line in Path(path).read_text().splitlines():
+        try:
+            text = Path(path).read_bytes().decode()
+        except OSError as exc:
+            raise CredentialError(f"{path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            # Said without the bytes: they may be most of the secret.
+            raise CredentialError(f"{path}: not UTF-8 text") from None
+        for line in text.splitlines():
             if line.strip() and not line.strip().startswith("#"):
                 return line.strip()
-        raise OSError(f"{path}: no token in the file")
+        raise CredentialError(f"{path}: no token in the file")
 
     async def _read(
         self, session: aiohttp.ClientSession, site: str
     ) -> tuple[str, PopularityFeed | None, str]:
         """(result, feed or None, detail) of one read of ``site``'s feed."""
         url = f"{self.config.fill.popularity_url}/v1/fill/popularity"
+        limit = self.config.fill.feed_limit
+        max_bytes = max_feed_bytes(limit)
         try:
             token = self._token()
-        except OSError as exc:
+        except CredentialError as exc:
             return "credential", None, str(exc)
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         try:
             async with session.get(
                 url,
-                params={"region": site},
+                # Always the limit: the control plane's default (fill.limit) may be far
+                # smaller than what a site's edges hold.
+                params={"region": site, "limit": str(limit)},
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=FEED_TIMEOUT),
+                timeout=aiohttp.ClientTimeout(total=feed_timeout(limit)),
             ) as r:
                 if r.status != 200:
                     return "http_error", None, f"status {r.status}"
-                body = await r.content.read(MAX_FEED_BYTES + 1)
+                body = await _read_body(r.content, max_bytes)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return "unreachable", None, str(exc) or type(exc).__name__
-        if len(body) > MAX_FEED_BYTES:
-            return "malformed", None, f"more than {MAX_FEED_BYTES} bytes"
+        if body is None:
+            return "malformed", None, f"more than {max_bytes} bytes"
         try:
             doc = json.loads(body, parse_constant=_no_constant)
-            return "ok", parse_feed(doc, site), ""
+            return "ok", parse_feed(doc, site, limit=limit), ""
         except (ValueError, RecursionError) as exc:  # FeedError and JSON errors
             return "malformed", None, str(exc)
+
+    def _note_skipped(self, site: str, st: SiteState, feed: PopularityFeed) -> None:
+        """Count a good feed's skipped objects; log them when their number or the first one
+        changes (not at every read of the same feed)."""
+        if feed.skipped:
+            self.skipped[site] = self.skipped.get(site, 0) + feed.skipped
+        now = (feed.skipped, feed.skip_detail)
+        if now != st.skipped and feed.skipped:
+            log.warning(
+                "event=fill_feed_objects_skipped site=%s skipped=%d objects=%d first=%r",
+                site,
+                feed.skipped,
+                len(feed.objects),
+                feed.skip_detail[:300],
+            )
+        elif now != st.skipped:
+            log.info("event=fill_feed_objects_skipped site=%s skipped=0", site)
+        st.skipped = now
 
     def _note(self, site: str, st: SiteState, result: str, detail: str) -> None:
         """Count the read; log a failure once per (result, detail) and the recovery once."""
@@ -232,11 +252,13 @@ class FillService:
                 st = self.sites.setdefault(site, SiteState())
                 self._note(site, st, result, detail)
                 if feed is not None:
+                    self._note_skipped(site, st, feed)
                     if feed.digest != st.feed_digest:
                         log.info(
-                            "event=fill_feed_read site=%s objects=%d fallback=%s",
+                            "event=fill_feed_read site=%s objects=%d skipped=%d fallback=%s",
                             site,
                             len(feed.objects),
+                            feed.skipped,
                             str(feed.fallback).lower(),
                         )
                     new = feed.digest != st.feed_digest
@@ -248,6 +270,7 @@ class FillService:
                     "result": result,
                     "detail": detail or None,
                     "objects": None if st.feed is None else len(st.feed.objects),
+                    "skipped": None if st.feed is None else st.feed.skipped,
                     "rebuilt": changed,
                 }
             self.dirty.difference_update(sites)
@@ -375,7 +398,7 @@ class FillService:
                 for e in sorted(self.site_edges.get(srv.site, ()), key=lambda e: e.id)
                 if e.id != edge_id
             ],
-            "objects": [_object_doc(p) for p in m.objects],
+            "objects": [object_doc(p) for p in m.objects],
         }
 
     def fleet_doc(self, edge_id: str) -> dict[str, Any]:
@@ -395,37 +418,17 @@ class FillService:
             },
         }
 
-    # -- state file --------------------------------------------------------------------------
-
-    def _state_doc(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            # Heartbeat capacities too: a restarted service must not plan its first feed read
-            # as if the edges that have not reported yet had no disk (a flap of manifests).
-            "capacities": dict(sorted(self.heartbeat_capacity.items())),
-            "sites": {
-                site: {"feed_digest": st.feed_digest, "inputs": st.inputs, "read_at": st.read_at}
-                for site, st in sorted(self.sites.items())
-            },
-            "manifests": {
-                edge_id: {
-                    "site": srv.site,
-                    "generated_at": srv.generated_at,
-                    "capacity": srv.manifest.capacity,
-                    "objects": [_object_doc(p) for p in srv.manifest.objects],
-                }
-                for edge_id, srv in sorted(self.served.items())
-            },
-        }
+    # -- state file (fillstate.py) -------------------------------------------------------------
 
     async def _persist(self) -> None:
         path = self.config.fill.state_file
         if path is None:
             return
-        data = json.dumps(self._state_doc(), separators=(",", ":")).encode()
+        doc = state_doc(self.sites, self.served, self.heartbeat_capacity)
+        data = json.dumps(doc, separators=(",", ":")).encode()
         # Shielded and kept: a shutdown that cancels us waits for the write (``settle``)
         # rather than leave a thread writing behind a stopped service.
-        self.writing = asyncio.ensure_future(asyncio.to_thread(_write_atomically, path, data))
+        self.writing = asyncio.ensure_future(asyncio.to_thread(write_atomically, path, data))
         try:
             await asyncio.shield(self.writing)
         except OSError as exc:
@@ -440,106 +443,38 @@ class FillService:
                 log.error("event=fill_state_write_failed error=%r", str(exc))
 
     def load_state(self) -> None:
-        """Manifests of the last run, served at once; an unreadable file is logged and ignored
-        (the next feed read rebuilds everything, only less sticky)."""
+        """Manifests of the last run, served at once; a file that cannot be used is logged and
+        ignored (the next feed read rebuilds everything, only less sticky)."""
         path = self.config.fill.state_file
         if path is None or not path.exists():
             return
-        try:
-            doc = json.loads(path.read_bytes(), parse_constant=_no_constant)
-            sites, served = _parse_state(doc)
-            capacities = {
-                str(k): int(v) for k, v in doc.get("capacities", {}).items() if int(v) > 0
-            }
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
-            log.error("event=fill_state_unreadable path=%s error=%r", path, str(exc))
+        state = read_state(path)
+        if state is None:
             return
-        for edge_id, srv in served.items():
+        for edge_id, srv in state.served.items():
             e = self.edges.get(edge_id)
             if e is not None and e.site == srv.site:
                 self.served[edge_id] = srv
-        for site, st in sites.items():
+        for site, st in state.sites.items():
             if site in self.site_edges:
                 self.sites[site] = st
-        for edge_id, n in capacities.items():
+        for edge_id, n in state.capacities.items():
             if edge_id in self.edges:
                 self.heartbeat_capacity.setdefault(edge_id, n)
         log.info("event=fill_state_loaded path=%s manifests=%d", path, len(self.served))
 
 
-def _object_doc(p: Placed) -> dict[str, Any]:
-    o = p.obj
-    return {
-        "key": o.key,
-        "path": o.path,
-        "size": o.size,
-        "xxh64": o.xxh64,
-        "score": o.score,
-        "holders": list(p.holders),
-    }
-
-
-def _parse_state(doc: Any) -> tuple[dict[str, SiteState], dict[str, Served]]:
-    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-        raise ValueError(f"not a fill state file of format {STATE_FORMAT}")
-    sites = {}
-    for site, d in doc["sites"].items():
-        digest, inputs, read_at = d["feed_digest"], d["inputs"], d["read_at"]
-        if not all(v is None or isinstance(v, str) for v in (digest, inputs)):
-            raise ValueError(f"sites.{site}: digests must be strings")
-        sites[str(site)] = SiteState(
-            feed_digest=digest,
-            inputs=inputs,
-            read_at=None if read_at is None else float(read_at),
-        )
-    served: dict[str, Served] = {}
-    for edge_id, d in doc["manifests"].items():
-        site = str(d["site"])
-        raw = d["objects"]
-        # The objects pass the feed's own checks: a hand-edited file cannot smuggle a path.
-        feed = parse_feed(
-            {
-                "region": site,
-                "objects": [{k: v for k, v in o.items() if k != "holders"} for o in raw],
-            },
-            site,
-        )
-        placed = []
-        for o, r in zip(feed.objects, raw, strict=True):
-            holders = r["holders"]
-            if not isinstance(holders, list) or not all(isinstance(h, str) for h in holders):
-                raise ValueError(f"manifests.{edge_id}: holders must be a list of edge ids")
-            placed.append(Placed(o, tuple(holders)))
-        served[str(edge_id)] = Served(
-            site, _manifest(str(edge_id), int(d["capacity"]), placed), float(d["generated_at"])
-        )
-    return sites, served
-
-
-def _manifest(edge_id: str, capacity: int, placed: list[Placed]) -> Manifest:
-    return Manifest(
-        edge=edge_id,
-        capacity=capacity,
-        objects=tuple(placed),
-        bytes=sum(p.obj.size for p in placed),
-        version=manifest_version((p.obj.path, p.obj.xxh64) for p in placed),
-    )
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename, fsync the directory: a crash leaves the old file or the
-    new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+async def _read_body(content: aiohttp.StreamReader, max_bytes: int) -> bytes | None:
+    """The whole body, or None past ``max_bytes``. Not ``content.read(n)``: that answers what
+    is buffered so far (one chunk, ~128 KiB), which cut every real feed short."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(1024 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _no_constant(name: str) -> float:

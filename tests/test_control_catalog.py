@@ -71,6 +71,45 @@ def test_prettify_and_safe_paths() -> None:
         assert safe_relative_path(bad) is None, bad
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".hidden.m4s",  # a segment starting with '.'
+        "720p/.init.mp4",
+        "./a",
+        "a/.",
+        "movie..final.mp4",  # '..' inside a name: the edge's tokens refuse it
+        "720p/seg..1.m4s",
+        "a" * 256,  # a segment over 255 characters
+        "720p/" + "b" * 256,
+        "a/",
+        "x" * 501,  # the whole over 500
+    ],
+)
+def test_safe_relative_path_is_the_fleets_file_name_rule(path: str) -> None:
+    # The same rule as steering's feed check (steering/fill.py): a file stored here that
+    # steering refused could never be placed, and used to cost the whole feed.
+    from steering.fill import parse_feed
+
+    assert safe_relative_path(path) is None, path
+    doc = {"region": "r", "objects": [{"key": "k", "path": f"/v/k/{path}", "size": 1,
+                                       "xxh64": "0" * 16, "score": 1.0}]}  # fmt: skip
+    with pytest.raises(ValueError):
+        parse_feed(doc, "r", strict=True)
+
+
+@pytest.mark.parametrize(
+    "path", ["a" * 255, "720p/" + "b" * 255, "x.y~z-w_v.m4s", "_init.mp4", "~t/-x/a.b.c"]
+)
+def test_safe_relative_path_accepts_what_steering_accepts(path: str) -> None:
+    from steering.fill import parse_feed
+
+    assert safe_relative_path(path) == path
+    doc = {"region": "r", "objects": [{"key": "k", "path": f"/v/k/{path}", "size": 1,
+                                       "xxh64": "0" * 16, "score": 1.0}]}  # fmt: skip
+    assert len(parse_feed(doc, "r", strict=True).objects) == 1
+
+
 # -- admin CRUD ----------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ cases, no event loop."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -11,10 +12,13 @@ from control.popularity import (
     DAY,
     MediaFile,
     Rendition,
+    Survival,
+    SurvivalTally,
     decay_weight,
     editorial_boost,
     file_scores,
     rendition_for,
+    segment_number,
 )
 
 
@@ -166,3 +170,116 @@ def test_file_scores_without_renditions_give_every_file_all_views() -> None:
     """A title whose ladder is unknown: nothing is a rendition's directory."""
     got = file_scores({None: 2.0}, (), FILES[:2] + FILES[5:6])
     assert [s for _, s in got] == [2.0, 2.0, 2.0]
+
+
+# -- the survival curve of viewing ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reached", "bins", "points"),
+    [
+        # (fractions reached, with weights; bins; S at k / bins)
+        ([], 4, (1.0, 1.0)),  # no data: 1 everywhere
+        ([(0.5, 1.0)], 4, (1.0, 1.0, 1.0, 0.0, 0.0)),
+        ([(1.0, 1.0)], 4, (1.0, 1.0, 1.0, 1.0, 1.0)),  # to the end: the last point counts it
+        ([(0.1, 3.0), (1.0, 1.0)], 4, (1.0, 0.25, 0.25, 0.25, 0.25)),
+        ([(0.0, 1.0), (0.25, 1.0), (0.6, 2.0)], 4, (1.0, 0.75, 0.5, 0.0, 0.0)),
+        ([(1.7, 1.0), (-0.2, 1.0)], 2, (1.0, 0.5, 0.5)),  # clamped to [0, 1]
+        ([(0.29, 1.0)], 100, (1.0,) * 30 + (0.0,) * 71),  # 0.29 * 100 is 28.999...: bin 29
+        ([(0.5, 0.0), (0.5, -1.0), (math.nan, 1.0), (0.5, math.inf)], 2, (1.0, 1.0)),  # ignored
+    ],
+)
+def test_survival_tally(
+    reached: list[tuple[float, float]], bins: int, points: tuple[float, ...]
+) -> None:
+    tally = SurvivalTally(bins)
+    for f, w in reached:
+        tally.add(f, w)
+    assert tally.curve().points == pytest.approx(points)
+
+
+@pytest.mark.parametrize(
+    ("x", "s"),
+    [
+        (-1.0, 1.0), (0.0, 1.0), (math.nan, 1.0),  # every play reads the first segment
+        (0.125, 0.875), (0.25, 0.75), (0.375, 0.625),  # linear within a bin
+        (0.5, 0.5), (0.75, 0.0), (0.9, 0.0), (1.0, 0.0), (2.0, 0.0),
+    ],
+)  # fmt: skip
+def test_survival_is_linear_between_points(x: float, s: float) -> None:
+    curve = Survival((1.0, 0.75, 0.5, 0.0, 0.0))
+    assert curve(x) == pytest.approx(s)
+    assert curve.mean() == pytest.approx((1.75 + 1.25 + 0.5) / 8)
+    assert Survival().mean() == 1.0 and Survival()(0.7) == 1.0
+
+
+@pytest.mark.parametrize(
+    "points", [(1.0,), (0.9, 0.5), (1.0, 0.5, 0.6), (1.0, -0.1), (1.0, math.nan)]
+)
+def test_survival_refuses_a_curve_that_is_not_one(points: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="survival curve"):
+        Survival(points)
+
+
+def test_survival_of_many_plays_is_non_increasing_and_starts_at_1() -> None:
+    tally = SurvivalTally()
+    for i in range(1000):
+        tally.add((i * 7919 % 1000) / 999, 1.0 + i % 3)
+    p = tally.curve().points
+    assert p[0] == 1.0 and all(b <= a for a, b in itertools.pairwise(p))
+
+
+@pytest.mark.parametrize(
+    ("name", "number"),
+    [("seg00001.m4s", 1), ("seg00042.m4s", 42), ("seg123456.m4s", 123456), ("seg1.m4s", None),
+     ("init.mp4", None), ("seg00001.m4s.tmp", None), ("xseg00001.m4s", None)],
+)  # fmt: skip
+def test_segment_number(name: str, number: int | None) -> None:
+    assert segment_number(name) == number
+
+
+# A 40 s title in 10 s segments at one rendition, with audio and the single-file variant.
+SEGMENTS = [
+    MediaFile(p, 1, "0" * 16)
+    for p in (
+        "master.m3u8", "master_single.m3u8", "720p/init.mp4", "720p/index.m3u8",
+        "720p/seg00001.m4s", "720p/seg00002.m4s", "720p/seg00003.m4s", "720p/seg00004.m4s",
+        "720p/single.mp4", "720p/single.m3u8", "audio_128k/seg00001.m4s",
+        "audio_128k/seg00004.m4s",
+    )
+]  # fmt: skip
+# Half the plays stop before a quarter, a quarter before the end, a quarter finish.
+CURVE = Survival((1.0, 0.5, 0.5, 0.5, 0.25))  # S(0.25) = S(0.5) = S(0.75) = 0.5
+
+
+@pytest.mark.parametrize(
+    ("survival", "duration", "segment_seconds", "share", "expected"),
+    [
+        # No curve: today's uniform spread, every file of the rendition its plays.
+        (None, None, None, 0.5, [4, 2, 4, 4, 4, 4, 4, 4, 2, 2, 4, 4]),
+        # Segment k starts at (k - 1) / 4 (4 segments in its directory): 4 * S(x). Audio the
+        # same by its own numbers; single.mp4 half (the share) of 4 * mean(S) = 4 * 0.53125.
+        (CURVE, None, None, 0.5, [4, 2, 4, 4, 4, 2, 2, 2, 1.0625, 2, 4, 2]),
+        (CURVE, None, None, 0.0, [4, 0, 4, 4, 4, 2, 2, 2, 0, 0, 4, 2]),
+        # segment_seconds and duration known: starts at (k - 1) * 10 / 80 = 0, 1/8, 1/4, 3/8.
+        (CURVE, 80.0, 10.0, 0.0, [4, 0, 4, 4, 4, 3, 2, 2, 0, 0, 4, 2]),
+    ],
+)
+def test_file_scores_with_a_survival_curve(
+    survival: Survival | None,
+    duration: float | None,
+    segment_seconds: float | None,
+    share: float,
+    expected: list[float],
+) -> None:
+    got = file_scores(
+        {720: 4.0},
+        LADDER,
+        iter(SEGMENTS),  # any iterable: read once
+        survival=survival,
+        duration=duration,
+        segment_seconds=segment_seconds,
+        single_file_share=share,
+    )
+    assert [f for f, _ in got] == SEGMENTS
+    assert [s for _, s in got] == pytest.approx(expected)

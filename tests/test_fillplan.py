@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,16 +11,24 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from edge.fillplan import (
+    SKIP_BAD_PATH,
+    SKIP_BAD_PEER,
     FillObject,
     ManifestError,
+    Peer,
     TokenBucket,
+    disk_bytes,
     left_paths,
     parse_manifest,
     parse_window,
     plan_work,
     progress,
     slice_count,
+    within_capacity,
 )
+from edge.tokens import SigningKeys, sign
+
+KEYS = SigningKeys({"k1": b"0123456789abcdef0123"}, "k1")
 
 PARIS = ZoneInfo("Europe/Paris")
 NY = ZoneInfo("America/New_York")
@@ -200,23 +209,128 @@ def broken(path: list[Any], value: Any) -> dict[str, Any]:
         (["objects", 0, "size"], -5, r"objects\[0\].size"),
         (["objects", 0, "size"], 1.5, r"objects\[0\].size"),
         (["objects", 0, "xxh64"], "xyz", r"objects\[0\].xxh64"),
-        (["objects", 0, "path"], "/v/t1/../t2/x", r"'\.\.'"),
-        (["objects", 0, "path"], "/v/t2/x.m4s", "not a file under /v/t1/"),
-        (["objects", 0, "path"], "/etc/passwd", "not a file under"),
-        (["objects", 0, "path"], "/v/t1/a%2e.m4s", "forbidden"),
-        (["objects", 0, "path"], "/v/t1//a.m4s", "empty"),
-        (["objects", 0, "path"], "/v/t1/", "not a file"),
-        (["objects", 1, "path"], "/v/t1/1080p/seg00001.m4s", "not a file under /v/t2/"),
+        (["objects", 0, "path"], 7, r"objects\[0\].path: expected a string"),
         (["objects", 0, "holders"], ["e1", "e1"], "twice"),
         (["objects", 0, "score"], float("nan"), "score"),
         (["objects", 0], "x", "expected an object"),
-        (["peers", 0, "url"], "ftp://x", "peers"),
         (["peers", 0, "edge"], "e1", "twice"),
     ],
 )
 def test_manifest_rejects(path: list[Any], value: Any, fragment: str) -> None:
     with pytest.raises(ManifestError, match=fragment):
         parse_manifest(broken(path, value))
+
+
+LONG = "/v/t1/" + "é" * 510  # 1026 bytes of UTF-8, 516 characters
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "fragment"),
+    [
+        # One bad file name costs that file only, not the night (it used to reject the whole
+        # manifest, or pass here and then fail the night when the peer token was signed).
+        ("t1", "/v/t1/movie..final.mp4", "contains '..'"),
+        ("t1", "/v/t1/a../b.mp4", "contains '..'"),
+        ("t1", "/v/t1/../t2/x", r"'\.\.'"),
+        ("t1", "/v/t2/x.m4s", "not a file under /v/t1/"),
+        ("t1", "/etc/passwd", "not a file under"),
+        ("t1", "/v/t1/a%2e.m4s", "forbidden"),
+        ("t1", "/v/t1/a\\b.m4s", "forbidden"),
+        ("t1", "/v/t1/a\x00b.m4s", "forbidden"),
+        ("t1", "/v/t1//a.m4s", "empty"),
+        ("t1", "/v/t1/./a.m4s", "'.'"),
+        ("t1", "/v/t1/", "not a file"),
+        ("t1", "/v/t1/\ud800.m4s", "forbidden"),
+        ("t1", LONG, "1024 bytes"),
+        ("a..b", "/v/a..b/x.m4s", "contains '..'"),
+        ("t 1", "/v/t 1/x.m4s", r"objects\[0\].key"),
+    ],
+)
+def test_manifest_skips_an_object_it_cannot_fill(key: str, path: str, fragment: str) -> None:
+    doc = broken(["objects", 0, "path"], path)
+    doc["objects"][0]["key"] = key
+    m = parse_manifest(doc)
+    assert [o.path for o in m.objects] == ["/v/t2/720p/seg00001.m4s"]
+    assert [(sk.what, sk.reason) for sk in m.skipped] == [(path, SKIP_BAD_PATH)]
+    assert re.search(fragment, m.skipped[0].detail), m.skipped[0].detail
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "movie..final.mp4",
+        "movie.final.mp4",
+        "a.b.c",
+        "..",
+        "...",
+        ".hidden",
+        "x.",
+        "~a",
+        "é" * 400,
+        "é" * 600,
+        "a%b",
+        "a//b",
+        "a/./b",
+        "a\\b",
+        "a b",
+        "a?b",
+        "a#b",
+        "\ud800",
+        "x" * 1010,
+        "x" * 1030,
+    ],
+)
+def test_every_path_a_manifest_keeps_can_be_signed_for_a_peer(name: str) -> None:
+    # The manifest path rule must refuse at least what the peer token refuses.
+    doc = broken(["objects", 0, "path"], f"/v/t1/{name}")
+    kept = [o.path for o in parse_manifest(doc).objects]
+    signable = True
+    try:
+        sign(KEYS, f"/v/t1/{name}", 10**9)
+    except ValueError:
+        signable = False
+    if f"/v/t1/{name}" in kept:
+        assert signable, name
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.12:8080", "http://127.0.0.12:8080"),
+        ("http://edge2:8080/cdn", "http://edge2:8080/cdn"),  # steering accepts a path prefix
+        ("http://edge2:8080/cdn/", "http://edge2:8080/cdn"),
+        ("https://edge2.example/a/b-c_d.e~f", "https://edge2.example/a/b-c_d.e~f"),
+        ("https://[2001:db8::1]:8443/cdn", "https://[2001:db8::1]:8443/cdn"),
+        ("http://edge2/", "http://edge2"),
+    ],
+)
+def test_peer_url_may_have_a_path_prefix(url: str, expected: str) -> None:
+    m = parse_manifest(broken(["peers", 0, "url"], url))
+    assert m.peers == (Peer("e2", expected),) and m.skipped == ()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://x",
+        "http://user:secret@edge2:8080",
+        "http://edge2:8080/cdn?x=1",
+        "http://edge2:8080/cdn#x",
+        "http://edge2:99999",
+        "http://edge2/../x",
+        "http://edge2/a b",
+        "http:///cdn",
+        "edge2:8080",
+        KeyError,  # no url at all
+    ],
+)
+def test_a_peer_url_it_cannot_use_leaves_out_that_peer_only(url: Any) -> None:
+    m = parse_manifest(broken(["peers", 0, "url"], url))
+    assert m.peers == ()
+    assert [(sk.what, sk.reason) for sk in m.skipped] == [("e2", SKIP_BAD_PEER)]
+    assert len(m.objects) == 2
+    # Its objects are still planned, from parents and the origin.
+    assert [w.peers for w in plan_work(m, "e1", lambda o: False)] == [(), ()]
 
 
 def test_manifest_rejects_duplicates_and_too_many_objects() -> None:
@@ -335,6 +449,33 @@ def test_token_bucket_rejects_bad_settings() -> None:
 
 
 # --------------------------------------------------------------------------- progress
+
+
+def test_within_capacity_keeps_the_most_popular_that_fit() -> None:
+    def o(path: str, size: int, score: float) -> FillObject:
+        return FillObject(path.split("/")[2], path, size, "0" * 16, score, ("e1",))
+
+    objects = [
+        o("/v/a/x", 40, 1.0),
+        o("/v/b/x", 50, 9.0),
+        o("/v/c/x", 30, 5.0),
+        o("/v/d/x", 5, 0.5),
+    ]
+    # Manifest capacity 85 bytes: b (50) and c (30) fit; a (40) does not; d (5) still does.
+    kept, over = within_capacity(objects, 85, 10**9, 1000)
+    assert [x.path for x in kept] == ["/v/b/x", "/v/c/x", "/v/d/x"]
+    assert [x.path for x in over] == ["/v/a/x"]
+    # The store's capacity counts slice headers: 50 + 256 + 6 bytes for b alone.
+    kept, over = within_capacity(objects, 10**9, 400, 1000)
+    assert [x.path for x in kept] == ["/v/b/x"]
+    assert disk_bytes(objects[1], 1000) == 312
+    assert within_capacity(objects, 10**9, 10**9, 1000) == (objects, [])
+    assert within_capacity(objects, 0, 10**9, 1000) == ([], objects)
+    m = parse_manifest(manifest_doc())
+    kept, _ = within_capacity(m.objects, 20, 10**9, 1000)  # t1 (10 bytes, score 5) fits
+    assert [w.obj.path for w in plan_work(m, "e1", lambda x: False, kept)] == [
+        "/v/t1/1080p/seg00001.m4s"
+    ]
 
 
 def test_progress_and_left_objects() -> None:

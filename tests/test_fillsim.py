@@ -15,6 +15,7 @@ from loadtests.fillsim import (
     DAY,
     HOUR,
     MIB,
+    Sessions,
     Trace,
     TraceError,
     WorkloadParams,
@@ -26,10 +27,12 @@ from loadtests.fillsim import (
     oracle,
     parse_trace,
     predict,
+    predict_objects,
     select_fill,
     simulate_belady,
     simulate_fill,
     simulate_lru,
+    titles_of,
     zipf_weights,
 )
 
@@ -187,6 +190,111 @@ def test_predict_boosts_scheduled_releases(published: float, now: float, expecte
     [night] = predict(tr, [now], boost_views=100.0, boost_days=2.0)
     # The release's own requests (on day 5) are in the future: only the boost is seen.
     assert night.get(1, 0.0) == pytest.approx(expected)
+
+
+# -- the title-level predictor (as control/fill.py) ---------------------------------------------
+
+
+def test_titles_of_reads_title_and_chunk_from_names() -> None:
+    tr = parse_trace(["0 t1c0 5", "1 xc2 5", "2 t1c1 5", "3 t10c0 5"], "t")
+    titles = titles_of(tr)
+    assert titles is not None
+    assert titles.names == ["t1", "x", "t10"]
+    assert (list(titles.title), list(titles.chunk)) == ([0, 1, 0, 2], [0, 2, 1, 0])
+    assert titles.objects == [[0, 2], [-1, -1, 1], [3]]  # x's chunks 0 and 1: never requested
+    # One name that does not say its title: no titles at all (per-object fallback).
+    assert titles_of(parse_trace(["0 t1c0 5", "1 a 5"], "t")) is None
+    assert titles_of(parse_trace(["0 c1 5"], "t")) is None
+
+
+SESSION_CASES = [
+    # (requests, (title, chunks read) of each session in start order)
+    ("ac0 ac1 ac2", [("a", 3)]),
+    ("ac0 bc0 ac1 bc1 bc2", [("a", 2), ("b", 3)]),
+    # Two sessions of a at once: each chunk continues one of them.
+    ("ac0 ac1 ac0 ac2 ac1", [("a", 3), ("a", 2)]),
+    # A chunk that continues no session (the trace starts mid-session, or a seek): left out.
+    ("ac2 ac0 ac3 ac1", [("a", 2)]),
+    ("ac0 ac0 ac0", [("a", 1), ("a", 1), ("a", 1)]),
+]
+
+
+@pytest.mark.parametrize(("spec", "expected"), SESSION_CASES)
+def test_sessions_are_rebuilt_from_chunk_requests(
+    spec: str, expected: list[tuple[str, int]]
+) -> None:
+    tr = trace_of(spec)
+    titles = titles_of(tr)
+    assert titles is not None
+    sessions = Sessions(titles)
+    sessions.feed(tr, 2)  # in two steps: the same as at once
+    sessions.feed(tr, len(tr))
+    got = [(titles.names[t], n) for t, n in zip(sessions.title, sessions.chunks, strict=True)]
+    assert got == expected
+    assert list(sessions.start) == [
+        float(i) for i, tok in enumerate(spec.split()) if tok.endswith("c0")
+    ]
+
+
+def test_sessions_rebuilt_are_the_generators() -> None:
+    """On a generated trace the rebuilt sessions are exactly the generated ones: start, title
+    and chunks read (two sessions of a title at once may swap which is which, so compared as
+    multisets per title and start)."""
+    w = generate(small_params(), 3)
+    titles = titles_of(w.trace)
+    assert titles is not None
+    sessions = Sessions(titles)
+    sessions.feed(w.trace, len(w.trace))
+    made = sorted(
+        (round(s, 3), f"t{t}") for s, t in zip(w.session_starts, w.session_titles, strict=True)
+    )
+    got = sorted((s, titles.names[t]) for s, t in zip(sessions.start, sessions.title, strict=True))
+    assert got == made
+    by_title = lambda names, chunks: sorted(zip(names, chunks, strict=True))  # noqa: E731
+    assert by_title([titles.names[t] for t in sessions.title], sessions.chunks) == by_title(
+        [f"t{t}" for t in w.session_titles], w.session_chunks
+    )
+
+
+def test_predict_per_title_counts_sessions_times_the_survival() -> None:
+    """Sessions: a0 reads a's 4 chunks, a1 chunk 0 only, b0 both of b's; all at t = 0, so each
+    weighs 0.5 a day later. Reached (middle of the last chunk): 0.875, 0.125, 0.75. S = 1 up
+    to 0.125, 2/3 up to 0.75, 1/3 up to 0.875. a: 2 sessions (1.0) x S(c / 4); b: 0.5 x
+    S(c / 2). Per object, a chunk only has its own requests: a's chunks 1-3 one each."""
+    tr = parse_trace([f"0 {n} 10" for n in ["ac0", "ac1", "bc0", "ac0", "ac2", "bc1", "ac3"]], "t")
+    titles = titles_of(tr)
+    assert titles is not None
+    o = {n: tr.names.index(n) for n in tr.names}
+    [night] = predict(tr, [DAY], titles=titles, half_life_days=1.0)
+    assert night == pytest.approx(
+        {o["ac0"]: 1.0, o["ac1"]: 2 / 3, o["ac2"]: 2 / 3, o["ac3"]: 2 / 3,
+         o["bc0"]: 0.5, o["bc1"]: 0.5 * 2 / 3}
+    )  # fmt: skip
+    [per_object] = predict(tr, [DAY], half_life_days=1.0)
+    assert per_object == predict_objects(tr, [DAY], half_life_days=1.0)[0]
+    assert per_object == pytest.approx(
+        {o["ac0"]: 1.0, o["ac1"]: 0.5, o["ac2"]: 0.5, o["ac3"]: 0.5, o["bc0"]: 0.5, o["bc1"]: 0.5}
+    )
+
+
+def test_predict_per_title_boosts_a_release_as_sessions() -> None:
+    """A release (title r, 2 chunks) scheduled before the next night: the boost is counted as
+    sessions, times the survival of everyone's sessions (here: half stop in the first half)."""
+    tr = parse_trace(
+        ["0 ac0 10", "0 ac1 10", "0 ac0 10", f"{5 * DAY} rc0 10", f"{5 * DAY + 1} rc1 10"], "t"
+    )
+    r0, r1 = tr.names.index("rc0"), tr.names.index("rc1")
+    tr = Trace(tr.times, tr.objects, tr.sizes, tr.names, {r0: DAY + HOUR, r1: DAY + HOUR})
+    titles = titles_of(tr)
+    [night] = predict(tr, [DAY], titles=titles, boost_views=10.0, boost_days=2.0)
+    assert (night[r0], night[r1]) == pytest.approx((10.0, 5.0))
+
+
+def test_predict_per_title_nightly_equals_one_shot() -> None:
+    w = generate(small_params(), 4)
+    titles = titles_of(w.trace)
+    nights = predict(w.trace, [DAY / 2, DAY, 1.5 * DAY], titles=titles)
+    assert nights[-1] == pytest.approx(predict(w.trace, [1.5 * DAY], titles=titles)[0])
 
 
 SELECT_CASES = [
@@ -401,6 +509,7 @@ def test_bench_quick_prints_the_table() -> None:
         assert any(line.split()[:1] == [pct] for line in out.splitlines()), out
     assert out.count("gap closed by fill") == 4
     assert "Zipf alpha 0.8" in out
+    assert "predictor: per title" in out
     verdict = "target met" if proc.returncode == 0 else "target MISSED"
     assert verdict in out
 
@@ -417,3 +526,17 @@ def test_bench_rejects_a_bad_trace_file(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert f"{bad}:2: size 'ten' is not a whole number of bytes" in proc.stderr
+
+
+def test_bench_falls_back_to_per_object_scores_on_an_untitled_trace(tmp_path: Path) -> None:
+    trace = tmp_path / "t.trace"
+    trace.write_text(f"0 a 10\n{DAY} a 10\n{2 * DAY - 60} b 10\n")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "bench_fill.py"), "--trace", str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode in (0, 2), proc.stderr
+    assert "predictor: per object" in proc.stdout

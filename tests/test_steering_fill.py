@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -250,25 +251,66 @@ def feed(*objects: dict[str, Any], **top: Any) -> dict[str, Any]:
         (feed(computed_at="yesterday"), "computed_at"),
         (feed(half_life_days=0), "half_life_days"),
         (feed(objects={"a": 1}), "objects"),
-        (feed("x"), "objects[0]"),
-        (feed({**GOOD, "key": "../etc"}), "objects[0].key"),
-        (feed({**GOOD, "path": "/v/t2/a.m4s"}), "objects[0].path"),
-        (feed({**GOOD, "path": "/v/t1/../t2/a.m4s"}), "objects[0].path"),
-        (feed({**GOOD, "path": "/v/t1/"}), "objects[0].path"),
-        (feed({**GOOD, "path": "/v/t1//a"}), "objects[0].path"),
-        (feed({**GOOD, "size": -1}), "objects[0].size"),
-        (feed({**GOOD, "size": "10"}), "objects[0].size"),
-        (feed({**GOOD, "size": True}), "objects[0].size"),
-        (feed({**GOOD, "xxh64": "XYZ"}), "objects[0].xxh64"),
-        (feed({**GOOD, "score": 0}), "objects[0].score"),
-        (feed({**GOOD, "score": float("nan")}), "objects[0].score"),
-        (feed(GOOD, GOOD), "objects[1].path"),
+        (feed(GOOD, {**GOOD, "path": "/v/t1/b"}, {**GOOD, "path": "/v/t1/c"}), "objects"),
     ],
 )
-def test_parse_feed_refuses_what_breaks_the_contract(doc, where):
+def test_parse_feed_refuses_a_feed_broken_as_a_whole(doc, where):
     with pytest.raises(FeedError) as info:
-        parse_feed(doc, "paris")
+        parse_feed(doc, "paris", limit=2)
     assert str(info.value).startswith(where + ":"), str(info.value)
+
+
+BAD_OBJECTS = [
+    ("x", "objects[1]"),
+    ({**GOOD, "key": "../etc"}, "objects[1].key"),
+    ({**GOOD, "path": "/v/t2/a.m4s"}, "objects[1].path"),
+    ({**GOOD, "path": "/v/t1/../t2/a.m4s"}, "objects[1].path"),
+    ({**GOOD, "path": "/v/t1/"}, "objects[1].path"),
+    ({**GOOD, "path": "/v/t1//a"}, "objects[1].path"),
+    # The fleet's one file name rule (control/catalog.py safe_relative_path): no name
+    # starting with '.', none over 255 characters, no '..' anywhere.
+    ({**GOOD, "path": "/v/t1/.hidden.m4s"}, "objects[1].path"),
+    ({**GOOD, "path": "/v/t1/720p/movie..final.mp4"}, "objects[1].path"),
+    ({**GOOD, "path": "/v/t1/" + "a" * 256}, "objects[1].path"),
+    ({**GOOD, "size": -1}, "objects[1].size"),
+    ({**GOOD, "size": "10"}, "objects[1].size"),
+    ({**GOOD, "size": True}, "objects[1].size"),
+    ({**GOOD, "xxh64": "XYZ"}, "objects[1].xxh64"),
+    ({**GOOD, "score": 0}, "objects[1].score"),
+    ({**GOOD, "score": float("nan")}, "objects[1].score"),
+    (GOOD, "objects[1].path"),  # listed twice
+]
+
+
+@pytest.mark.parametrize(("bad", "where"), BAD_OBJECTS)
+def test_parse_feed_skips_an_object_that_breaks_the_contract(bad, where):
+    # One odd object must not freeze the site's manifests on its last feed: it is left out,
+    # counted and named; the rest of the feed is used.
+    f = parse_feed(feed(GOOD, bad), "paris")
+    assert [o.path for o in f.objects] == [GOOD["path"]]
+    assert f.skipped == 1 and f.skip_detail.startswith(where + ":"), f.skip_detail
+    assert f.digest == parse_feed(feed(GOOD), "paris").digest
+    # Strictly (the state file): the first bad object refuses the whole.
+    with pytest.raises(FeedError) as info:
+        parse_feed(feed(GOOD, bad), "paris", strict=True)
+    assert str(info.value).startswith(where + ":"), str(info.value)
+
+
+def test_file_names_at_the_limits_of_the_rule_are_accepted():
+    names = ["a" * 255, "x.y~z-w_v.m4s", "_init.mp4", "~tmp", "-x", "a.b.c"]
+    f = parse_feed(feed(*({**GOOD, "path": f"/v/t1/720p/{n}"} for n in names)), "paris")
+    assert f.skipped == 0 and len(f.objects) == len(names)
+
+
+def test_a_feed_mostly_broken_is_refused_whole():
+    good = [{**GOOD, "path": f"/v/t1/seg{i}.m4s"} for i in range(100)]
+    bad = {**GOOD, "size": "big"}
+    assert parse_feed(feed(*good[:90], *[bad] * 10), "paris").skipped == 10
+    with pytest.raises(FeedError, match="11 of 100 objects break the contract"):
+        parse_feed(feed(*good[:89], *[bad] * 11), "paris")  # > 10 and > 10 %
+    assert parse_feed(feed(*good[:1], *[bad] * 9), "paris").skipped == 9  # few: skipped
+    with pytest.raises(FeedError, match=r"^objects: 1 of 1 objects"):
+        parse_feed(feed(bad), "paris")  # nothing usable left: not an empty feed
 
 
 def test_parse_feed_accepts_the_contract_and_digests_content():
@@ -361,11 +403,13 @@ class FakeControl:
         self.status = 200
         self.requests = 0
         self.unauthorized = 0
+        self.limits: list[str | None] = []
         self.runner: web.AppRunner | None = None
         self.port = 0
 
     async def popularity(self, request: web.Request) -> web.Response:
         self.requests += 1
+        self.limits.append(request.query.get("limit"))
         if request.headers.get("Authorization") != f"Bearer {FEED_TOKEN}":
             self.unauthorized += 1
             return web.json_response({"error": {"code": "unauthorized"}}, status=401)
@@ -396,6 +440,7 @@ class Service:
         self.runner: web.AppRunner | None = None
         self.url = ""
         self.sent_at = time.time()
+        self.fill_extra = ""  # more lines of the fill section
 
     def write_config(self) -> Path:
         (self.tmp / "hb.tokens").write_text(HB_TOKEN + "\n")
@@ -417,7 +462,7 @@ class Service:
             f"  credential_file: {self.tmp / 'feed.token'}\n"
             f"  state_file: {self.tmp / 'fill-state.json'}\n"
             "  share: 0.8\n"
-            "  max_copies: 2\n"
+            "  max_copies: 2\n" + self.fill_extra
         )
         return self.tmp / "steering.yaml"
 
@@ -614,10 +659,7 @@ async def test_a_feed_outage_keeps_the_last_manifests_and_logs_once(
 
 def _malformed() -> list[tuple[str, bytes]]:
     good = feed_objects("paris")
-    dup = [*good, good[0]]
-    neg = [{**good[0], "size": -5}, *good[1:]]
-    outside = [{**good[0], "path": "/v/other/1080p/a.m4s"}, *good[1:]]
-    wrong = [{**good[0], "score": "high"}, *good[1:]]
+    wrong = [{**o, "score": "high"} for o in good]
 
     def doc(objects: Any) -> bytes:
         return json.dumps({"region": "paris", "fallback": False, "objects": objects}).encode()
@@ -625,10 +667,7 @@ def _malformed() -> list[tuple[str, bytes]]:
     return [
         ("bad json", b'{"region": "paris", "objects": [}'),
         ("wrong types", doc({"a": 1})),
-        ("wrong score type", doc(wrong)),
-        ("negative size", doc(neg)),
-        ("path not under the key", doc(outside)),
-        ("duplicate paths", doc(dup)),
+        ("every score of a wrong type", doc(wrong)),
         ("NaN", b'{"region": "paris", "objects": [], "computed_at": NaN}'),
     ]
 
@@ -701,9 +740,27 @@ async def test_heartbeat_fill_progress_shows_in_fleet_and_metrics(service, clien
     "fill",
     [{**PROGRESS, "state": "bogus"}, {**PROGRESS, "bytes_done": -1}, "filling", [1]],
 )
-async def test_a_malformed_fill_object_is_a_400(service, client, fill):
-    assert await service.heartbeat(client, "par1", 30_000, fill=fill) == 400
-    assert "par1" not in service.steering.fill.progress
+async def test_an_invalid_fill_object_is_logged_once_and_the_heartbeat_accepted(
+    service, client, fill, caplog
+):
+    # Version skew between an edge and steering: the fill report is only a report, so the
+    # edge must not look dead (and leave routing) over it.
+    assert await service.heartbeat(client, "par1", 30_000, fill=PROGRESS) == 200
+    assert service.steering.fill.progress["par1"].bytes_done == 300
+    with caplog.at_level(logging.INFO, logger="steering"):
+        for _ in range(3):
+            assert await service.heartbeat(client, "par1", 30_000, fill=fill) == 200
+        invalid = [r for r in caplog.records if "event=heartbeat_fill_invalid" in r.getMessage()]
+        assert len(invalid) == 1 and "edge=par1" in invalid[0].getMessage(), invalid
+        assert "par1" not in service.steering.fill.progress  # unknown, not the old report
+        assert service.steering.fleet.usable("par1")
+        assert service.steering.fill.capacity("par1") == 30_000  # the rest of it is used
+        assert await service.heartbeat(client, "par1", 30_000, fill=PROGRESS) == 200
+        assert await service.heartbeat(client, "par1", 30_000, fill=fill) == 200
+    assert service.steering.fill.progress.get("par1") is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("event=heartbeat_fill_valid edge=par1" in m for m in messages) == 1
+    assert sum("event=heartbeat_fill_invalid" in m for m in messages) == 2  # per transition
 
 
 async def test_a_restart_serves_the_persisted_manifests_at_once(tmp_path, client, control):
@@ -764,3 +821,146 @@ async def test_fill_routes_are_404_when_fill_is_disabled(tmp_path, client):
             assert r.status == 404
     finally:
         await runner.cleanup()
+
+
+async def test_a_feed_with_a_few_bad_objects_is_used_without_them(service, client, control, caplog):
+    objects = control.docs["paris"]["objects"]
+    hidden = {**objects[0], "path": f"/v/{objects[0]['key']}/1080p/.seg.m4s"}
+    dotdot = {**objects[1], "path": f"/v/{objects[1]['key']}/1080p/movie..final.mp4"}
+    objects[2:2] = [hidden, dotdot]  # among the hottest: they would be placed first
+    with caplog.at_level(logging.INFO, logger="steering.fill"):
+        await filled(service, client)
+        doc = await service.refresh(client)
+    assert doc["sites"]["paris"] == {
+        "result": "ok",
+        "detail": None,
+        "objects": len(objects) - 2,
+        "skipped": 2,
+        "rebuilt": False,
+    }
+    listed = set()
+    for edge in ("par1", "par2", "par3"):
+        status, (m, _) = await service.manifest(client, edge)
+        assert status == 200
+        listed |= {o["path"] for o in m["objects"]}
+    assert listed and hidden["path"] not in listed and dotdot["path"] not in listed
+    # Two reads with the two bad objects (filled, refresh; the first read at start had none):
+    # counted at each one, logged once.
+    assert service.sample("steering_fill_feed_skipped_objects_total", site="paris") == 4
+    assert service.sample("steering_fill_feed_reads_total", site="paris", result="ok") == 3
+    skipped = [r for r in caplog.records if "event=fill_feed_objects_skipped" in r.getMessage()]
+    assert len(skipped) == 1, skipped
+    assert "site=paris skipped=2" in skipped[0].getMessage()
+    assert ".seg.m4s" in skipped[0].getMessage()  # names the first one
+
+
+async def test_the_feed_limit_is_sent_and_an_answer_beyond_it_refused(tmp_path, client, control):
+    s = Service(tmp_path, control)
+    await s.start()
+    try:
+        # The default: the control plane's own default limit (20000) is far too small.
+        assert control.limits and set(control.limits) == {"100000"}
+    finally:
+        await s.stop()
+    control.limits.clear()
+    s = Service(tmp_path, control)
+    s.fill_extra = "  feed_limit: 59\n"  # paris has 60 objects, frankfurt 50
+    del control.docs["frankfurt"]["objects"][50:]
+    await s.start()
+    try:
+        assert set(control.limits) == {"59"}
+        doc = await s.refresh(client)
+        assert doc["sites"]["paris"]["result"] == "malformed"
+        assert "more than the 59 asked for" in doc["sites"]["paris"]["detail"]
+        assert doc["sites"]["frankfurt"]["result"] == "ok"
+    finally:
+        await s.stop()
+
+
+async def test_a_credential_file_that_is_not_utf8_is_a_credential_error(
+    service, client, control, caplog
+):
+    (service.tmp / "feed.token").write_bytes(b"\xff\xfe secret \xc3\n")
+    with caplog.at_level(logging.WARNING, logger="steering.fill"):
+        doc = await service.refresh(client)  # was a 500 (UnicodeDecodeError)
+    assert {d["result"] for d in doc["sites"].values()} == {"credential"}
+    assert "not UTF-8" in doc["sites"]["paris"]["detail"]
+    assert "secret" not in doc["sites"]["paris"]["detail"]
+    assert service.sample("steering_fill_feed_reads_total", site="paris", result="credential") == 1
+    assert any(
+        "event=fill_feed_failed site=paris result=credential" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"format": 1, "capacities": [1, 2], "sites": {}, "manifests": {}},
+        {"format": 1, "capacities": {}, "sites": ["paris"], "manifests": {}},
+        {"format": 1, "capacities": {}, "sites": {}, "manifests": []},
+        {"format": 1, "capacities": {}, "sites": {"paris": "x"}, "manifests": {}},
+        {"format": 1, "capacities": {}, "sites": {}, "manifests": {"par1": {"site": "paris"}}},
+        {"format": 1, "capacities": {"par1": "big"}, "sites": {}, "manifests": {}},
+        {"format": 1, "capacities": {}, "sites": {}},
+        [1],
+    ],
+)
+async def test_a_state_file_of_the_wrong_shape_is_logged_and_ignored(
+    tmp_path, client, control, caplog, state
+):
+    await control.stop()  # no feed: only the state file could give a manifest
+    (tmp_path / "fill-state.json").write_text(json.dumps(state))
+    s = Service(tmp_path, control)
+    with caplog.at_level(logging.ERROR, logger="steering.fill"):
+        await s.start()  # was an AttributeError out of create_app
+    try:
+        assert (await s.manifest(client, "par3"))[0] == 503
+        assert any("event=fill_state_unreadable" in r.getMessage() for r in caplog.records)
+    finally:
+        await s.stop()
+
+
+async def test_a_state_file_with_an_infinite_capacity_is_ignored(tmp_path, client, control):
+    await control.stop()
+    (tmp_path / "fill-state.json").write_text(
+        '{"format": 1, "capacities": {"par1": 1e999}, "sites": {}, "manifests": {}}'
+    )
+    s = Service(tmp_path, control)
+    await s.start()  # was an OverflowError (int(inf)) out of create_app
+    try:
+        assert s.steering.fill.capacity("par1") is None
+    finally:
+        await s.stop()
+
+
+async def test_a_feed_of_many_chunks_is_read_whole_and_one_over_the_cap_refused(
+    service, client, control
+):
+    # ~5 MB of JSON: many reads of the socket (one read answered only the first ~128 KiB,
+    # and every real feed was "malformed").
+    control.docs["paris"]["objects"] = feed_objects("paris", titles=200, files=200)
+    doc = await service.refresh(client)
+    assert doc["sites"]["paris"]["result"] == "ok", doc
+    assert doc["sites"]["paris"]["objects"] == 40_000
+    # The cap follows fill.feed_limit (1 MiB + 640 bytes an object): valid JSON padded
+    # beyond it is refused before it is parsed.
+    cap = 1024 * 1024 + 100_000 * 640
+    control.body = json.dumps(control.docs["paris"]).encode() + b" " * cap
+    doc = await service.refresh(client)
+    assert doc["sites"]["paris"]["result"] == "malformed"
+    assert doc["sites"]["paris"]["detail"] == f"more than {cap} bytes"
+
+
+async def test_a_heartbeat_credential_file_that_is_not_utf8_keeps_the_last_tokens(
+    service, client, caplog
+):
+    assert await service.heartbeat(client, "par1", 30_000) == 200
+    hb = service.tmp / "hb.tokens"
+    hb.write_bytes(b"\xff" + HB_TOKEN.encode() + b"\n")
+    os.utime(hb, ns=(time.time_ns(), time.time_ns() + 10**9))  # surely a new mtime
+    with caplog.at_level(logging.ERROR, logger="steering"):
+        for _ in range(2):
+            assert await service.heartbeat(client, "par1", 30_000) == 200  # was a 500
+    unreadable = [r for r in caplog.records if "heartbeat_credentials_unreadable" in r.message]
+    assert len(unreadable) == 1 and "not UTF-8" in unreadable[0].getMessage()

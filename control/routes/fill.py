@@ -65,7 +65,7 @@ _OBJECT = {
         "score": {
             "type": "number",
             "exclusiveMinimum": 0,
-            "description": "decayed views of the file (bytes streamed / file size)",
+            "description": "decayed reads of the file (bytes streamed / file size)",
         },
     },
 }
@@ -78,10 +78,11 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Files a region will watch, by popularity (for steering's fill plans)",
                 "description": (
                     "For steering, with the token in the control plane's fill.credential_file "
-                    "(not a user session). Each play counts seconds watched / duration views, "
-                    "decayed by half every half_life_days and counted for the site of the edge "
-                    "it was sent to first; new releases get an editorial boost. A title's views "
-                    "are spread over its files by the rendition its plan's cap streams. Objects "
+                    "(not a user session). Each play counts once, decayed by half every "
+                    "half_life_days, for the site of the edge it was sent to first; new releases "
+                    "get an editorial boost. A segment file scores its rendition's plays (the "
+                    "one the plan's cap streams) times the share of plays reaching its position; "
+                    "playlists, audio and artwork get every play. Objects "
                     "with a score above 0, by score descending then path, at most limit. A "
                     "region with no plays gets the all-regions scores and fallback true. "
                     "Computed at most once per fill.cache_ttl. 404 when the feed is not "
