@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-ratio", type=float, default=4.0, help="peak / trough hour")
     ap.add_argument("--chunk-mib", type=int, default=32, help="object (chunk) size, MiB")
     ap.add_argument("--sizes", default="1,5,10,20", help="cache sizes, %% of catalog bytes")
-    ap.add_argument("--fill-share", type=float, default=0.8, help="share of the cache filled")
+    ap.add_argument(
+        "--fill-share", type=float, default=0.9, help="share of the cache filled (steering's)"
+    )
     ap.add_argument("--fill-hour", type=float, default=2.0, help="local hour of the fill")
     ap.add_argument("--half-life", type=float, default=1.0, help="predictor half-life, days")
     ap.add_argument("--margin", type=float, default=0.1, help="stickiness of yesterday's set")
@@ -231,67 +233,97 @@ def main(argv: list[str] | None = None) -> int:
             "predictor: per object (the trace's object names do not say their title, "
             "'<title>c<chunk>'): each chunk scored from its own requests, no survival curve"
         )
-    print()
-    print(
-        f"{'cache':>6} {'GiB':>6}  {'policy':<9} {'byte hit':>8} {'offload':>8} "
-        f"{'w/ fill':>8} {'fill GiB':>9} {'churn':>6}  {'secs':>5}"
-    )
-    ok = True
-    for pct in sizes_pct:
-        cap = int(catalog * pct / 100)
-        rows: list[tuple[Result, float]] = []
-        runs = ("lru", "fill", "belady", "oracle") + (("expected",) if rates else ())
-        for run in runs:
-            t = time.perf_counter()
-            if run == "lru":
-                r = simulate_lru(trace, cap, lo, hi)
-            elif run == "fill":
-                r = simulate_fill(
-                    trace,
-                    cap,
-                    lo,
-                    hi,
-                    fill_times,
-                    nightly,
-                    fill_share=args.fill_share,
-                    margin=args.margin,
-                )
-            elif run == "belady":
-                r = simulate_belady(trace, cap, lo, hi, nxt)
-            elif run == "oracle":  # the same fill told tomorrow's true requests: a diagnosis
-                r = simulate_fill(
-                    trace, cap, lo, hi, fill_times, perfect, fill_share=args.fill_share, margin=0.0
-                )
-                r = dataclasses.replace(r, policy="(oracle)")
-            else:  # ... told the generator's expected rates: the bound of any predictor
-                assert rates is not None
-                r = simulate_fill(
-                    trace, cap, lo, hi, fill_times, rates, fill_share=args.fill_share, margin=0.0
-                )
-                r = dataclasses.replace(r, policy="(expect)")
-            rows.append((r, time.perf_counter() - t))
-        for r, secs in rows:
-            filled = r.policy != "LRU" and r.policy != "Belady"
-            fill = f"{r.fill / GIB:9.1f}" if filled else f"{'-':>9}"
-            churn = f"{r.churn_share:6.1%}" if filled else f"{'-':>6}"
-            print(
-                f"{pct:>5g}% {cap / GIB:6.0f}  {r.policy:<9} {r.byte_hit_ratio:8.3f} "
-                f"{r.offload:8.3f} {r.offload_with_fill:8.3f} {fill} {churn}  {secs:5.1f}"
-            )
-        lru, fill_r, bel, best = (r.byte_hit_ratio for r, _ in rows[:4])
-        closed = gap_closed(lru, fill_r, bel)
-        met = closed >= TARGET
-        ok &= met
-        bound = (
-            f"; with the expected rates {gap_closed(lru, rows[4][0].byte_hit_ratio, bel):.2f}"
-            if len(rows) > 4
-            else ""
-        )
+    # Two setups; the target must hold in both. "One day from empty caches" reads the issue's
+    # "replays a day of requests" literally: every policy starts the measured day empty, and
+    # fill has pre-positioned that night what its predictor (trained on the days before)
+    # expects. "Steady state": the caches are also warm from the days before (LRU and Belady
+    # kept yesterday's content), which is what an edge lives in.
+    verdicts: dict[str, bool] = {}
+    for setup, start in (("one day from empty caches", lo), ("steady state", 0)):
+        print()
+        where = f"caches empty at 00:00 of day {day}" if start else "caches warm from day 0"
+        print(f"== {setup}: {where}")
         print(
-            f"{'':>15}gap closed by fill: {closed:.2f} (target >= {TARGET}) "
-            f"{'ok' if met else 'MISSED'}; with a perfect prediction "
-            f"{gap_closed(lru, best, bel):.2f}{bound}"
+            f"{'cache':>6} {'GiB':>6}  {'policy':<9} {'byte hit':>8} {'offload':>8} "
+            f"{'w/ fill':>8} {'fill GiB':>9} {'churn':>6}  {'secs':>5}"
         )
+        ok = True
+        for pct in sizes_pct:
+            cap = int(catalog * pct / 100)
+            rows: list[tuple[Result, float]] = []
+            runs = ("lru", "fill", "belady", "oracle") + (("expected",) if rates else ())
+            for run in runs:
+                t = time.perf_counter()
+                if run == "lru":
+                    r = simulate_lru(trace, cap, lo, hi, start=start)
+                elif run == "fill":
+                    r = simulate_fill(
+                        trace,
+                        cap,
+                        lo,
+                        hi,
+                        fill_times,
+                        nightly,
+                        fill_share=args.fill_share,
+                        margin=args.margin,
+                        start=start,
+                    )
+                elif run == "belady":
+                    r = simulate_belady(trace, cap, lo, hi, nxt, start=start)
+                elif run == "oracle":  # the same fill told tomorrow's true requests: a diagnosis
+                    r = simulate_fill(
+                        trace,
+                        cap,
+                        lo,
+                        hi,
+                        fill_times,
+                        perfect,
+                        fill_share=args.fill_share,
+                        margin=0.0,
+                        start=start,
+                    )
+                    r = dataclasses.replace(r, policy="(oracle)")
+                else:  # ... told the generator's expected rates: the bound of any predictor
+                    assert rates is not None
+                    r = simulate_fill(
+                        trace,
+                        cap,
+                        lo,
+                        hi,
+                        fill_times,
+                        rates,
+                        fill_share=args.fill_share,
+                        margin=0.0,
+                        start=start,
+                    )
+                    r = dataclasses.replace(r, policy="(expect)")
+                rows.append((r, time.perf_counter() - t))
+            for r, secs in rows:
+                filled = r.policy != "LRU" and r.policy != "Belady"
+                fill = f"{r.fill / GIB:9.1f}" if filled else f"{'-':>9}"
+                churn = f"{r.churn_share:6.1%}" if filled else f"{'-':>6}"
+                print(
+                    f"{pct:>5g}% {cap / GIB:6.0f}  {r.policy:<9} {r.byte_hit_ratio:8.3f} "
+                    f"{r.offload:8.3f} {r.offload_with_fill:8.3f} {fill} {churn}  {secs:5.1f}"
+                )
+            lru, fill_r, bel, best = (r.byte_hit_ratio for r, _ in rows[:4])
+            closed = gap_closed(lru, fill_r, bel)
+            met = closed >= TARGET
+            ok &= met
+            bound = (
+                f"; with the expected rates {gap_closed(lru, rows[4][0].byte_hit_ratio, bel):.2f}"
+                if len(rows) > 4
+                else ""
+            )
+            print(
+                f"{'':>15}gap closed by fill: {closed:.2f} (target >= {TARGET}) "
+                f"{'ok' if met else 'MISSED'}; with a perfect prediction "
+                f"{gap_closed(lru, best, bel):.2f}{bound}"
+            )
+        verdicts[setup] = ok
+    ok = all(verdicts.values())
+    for setup, met in verdicts.items():
+        print(f"{setup}: the target {'holds at every size' if met else 'is MISSED at some size'}")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; target {'met' if ok else 'MISSED'}")
     return 0 if ok else 2
 

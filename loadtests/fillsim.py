@@ -470,9 +470,10 @@ def _run_lru(trace: Trace, idx: LRUIndex, start: int, stop: int, lo: int) -> tup
     return hit, miss
 
 
-def simulate_lru(trace: Trace, capacity: int, lo: int, hi: int) -> Result:
-    """LRU alone over requests ``0..hi``, measured over ``lo..hi``."""
-    hit, miss = _run_lru(trace, LRUIndex(capacity), 0, hi, lo)
+def simulate_lru(trace: Trace, capacity: int, lo: int, hi: int, *, start: int = 0) -> Result:
+    """LRU alone over requests ``start..hi`` (an empty cache at ``start``), measured over
+    ``lo..hi``."""
+    hit, miss = _run_lru(trace, LRUIndex(capacity), start, hi, lo)
     return Result("LRU", capacity, _served(trace, lo, hi), hit, miss)
 
 
@@ -708,6 +709,7 @@ def simulate_fill(
     *,
     fill_share: float = 0.8,
     margin: float = 0.1,
+    start: int = 0,
 ) -> Result:
     """LRU plus the nightly fill, measured over ``lo..hi``. At ``fill_times[k]`` the set
     chosen from ``nightly[k]`` is pinned at once (the fill is taken to be complete at the
@@ -717,8 +719,14 @@ def simulate_fill(
     sizes = trace.sizes
     budget = int(fill_share * capacity)
     pinned: set[int] = set()
-    pos = hit = miss = fill = churn = fill_set = 0
+    hit = miss = fill = churn = fill_set = 0
+    pos = start  # an empty cache there; nights before it are skipped
     for now, scores in zip(fill_times, nightly, strict=True):
+        if trace.index_at(now) < start:
+            # Not applied (the cache starts empty at ``start``), but chosen all the same, so
+            # the first applied night is sticky to, and its churn measured against, the last.
+            pinned = select_fill(scores, sizes, budget, pinned, margin)
+            continue
         stop = min(trace.index_at(now), hi)
         h, m = _run_lru(trace, idx, pos, stop, lo)
         hit, miss, pos = hit + h, miss + m, stop
@@ -765,9 +773,16 @@ def next_uses(objects: Sequence[int]) -> array[int]:
 
 
 def simulate_belady(
-    trace: Trace, capacity: int, lo: int, hi: int, nxt: Sequence[int] | None = None
+    trace: Trace,
+    capacity: int,
+    lo: int,
+    hi: int,
+    nxt: Sequence[int] | None = None,
+    *,
+    start: int = 0,
 ) -> Result:
-    """Belady's MIN with bypass over requests ``0..hi``, measured over ``lo..hi``: on a miss,
+    """Belady's MIN with bypass over requests ``start..hi`` (an empty cache at ``start``),
+    measured over ``lo..hi``: on a miss,
     evict the cached objects whose next request is furthest away, but only those needed later
     than the missed object; if that frees too little, do not admit it. With equal sizes this
     is optimal (tests check it against a brute force); a short last chunk makes it a close
@@ -782,7 +797,7 @@ def simulate_belady(
     heap: list[int] = []
     push, pop = heapq.heappush, heapq.heappop
     used = hit = miss = 0
-    for i in range(hi):
+    for i in range(start, hi):
         o = objects[i]
         nu = nxt[i]
         size = sizes[o]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,12 @@ async def watch(rc: RunningControl, user: User, title_id: str, seconds: float) -
     assert r.status == 200, r
     r = await rc.api.delete(f"/v1/playback/{play}", token=user.token)
     assert r.status == 204, r
+
+
+def window_from_now(minutes: int) -> FillWindow:
+    """A one-hour UTC window starting ``minutes`` from now (so it is not open during the test)."""
+    m = int(time.time() // 60) % 1440
+    return FillWindow((m + minutes) % 1440, (m + minutes + 60) % 1440)
 
 
 def fill_counter(edge: RunningEdge, source: str) -> float:
@@ -195,7 +202,7 @@ async def test_a_fleet_fills_from_its_manifests_peers_first(
                     ),
                     steering=SteeringConfig(steering_url, Path(tmp_path / "hb.tokens"), 0.05),
                     # Outside its window: only an operator's "fill now" starts it here.
-                    fill=FillConfig(window=FillWindow(0, 1), timezone="UTC"),
+                    fill=FillConfig(window=window_from_now(120), timezone="UTC"),
                 )
             )
         s = steering.app[STEERING]

@@ -507,7 +507,9 @@ def test_bench_quick_prints_the_table() -> None:
     out = proc.stdout
     for pct in ("1%", "5%", "10%", "20%"):
         assert any(line.split()[:1] == [pct] for line in out.splitlines()), out
-    assert out.count("gap closed by fill") == 4
+    # Two setups of four sizes: the issue's (one day from empty caches) and steady state.
+    assert out.count("gap closed by fill") == 8
+    assert "== one day from empty caches" in out and "== steady state" in out
     assert "Zipf alpha 0.8" in out
     assert "predictor: per title" in out
     verdict = "target met" if proc.returncode == 0 else "target MISSED"
@@ -540,3 +542,21 @@ def test_bench_falls_back_to_per_object_scores_on_an_untitled_trace(tmp_path: Pa
     )
     assert proc.returncode in (0, 2), proc.stderr
     assert "predictor: per object" in proc.stdout
+
+
+def test_a_cold_start_forgets_what_came_before() -> None:
+    """``start``: the issue's "a day replayed" setup, every cache empty at the measured day's
+    first request; fill alone has pre-positioned (at 1.5 here) what its prediction says."""
+    trace = parse_trace(["0 a 10", "1 b 10", "2 a 10", "3 b 10"], "t")
+    a, b = trace.names.index("a"), trace.names.index("b")
+    assert (simulate_lru(trace, 20, 2, 4).hit, simulate_lru(trace, 20, 2, 4, start=2).hit) == (
+        20,
+        0,
+    )
+    warm, cold = simulate_belady(trace, 20, 2, 4), simulate_belady(trace, 20, 2, 4, start=2)
+    assert (warm.hit, warm.origin, cold.hit, cold.origin) == (20, 0, 0, 20)
+    filled = simulate_fill(trace, 20, 2, 4, [1.5], [{a: 1.0, b: 1.0}], fill_share=1.0, start=2)
+    assert (filled.hit, filled.origin, filled.fill) == (20, 0, 20)
+    # A night before the start is not applied: nothing is pinned, the day starts cold.
+    early = simulate_fill(trace, 20, 2, 4, [0.5], [{a: 1.0, b: 1.0}], fill_share=1.0, start=2)
+    assert (early.hit, early.origin, early.fill) == (0, 20, 0)

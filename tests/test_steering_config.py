@@ -44,7 +44,7 @@ def test_empty_file_means_defaults(tmp_path):
     config = load_config(tmp_path / "s.yaml")
     assert (config.dead_after, config.recover_after, config.bounded_load) == (3.0, 3, 1.25)
     assert config.fill == FillConfig()  # fill disabled: no popularity_url
-    assert (config.fill.refresh, config.fill.share, config.fill.max_copies) == (3600.0, 0.8, 3)
+    assert (config.fill.refresh, config.fill.share, config.fill.max_copies) == (3600.0, 0.9, 3)
 
 
 def test_fill_section_and_fill_capacity(tmp_path):
