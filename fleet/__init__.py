@@ -1,0 +1,1 @@
+"""The local fleet: the whole CDN on one machine (origin, control plane, steering, edges)."""
