@@ -23,6 +23,7 @@ import yaml
 
 from fleet.config import ConfigError, apply_overrides, load_config
 from fleet.services import SECRETS, Layout, banner, format_status, services
+from origin.ffmpeg import ffmpeg_exe
 
 from .conftest import ROOT, subprocess_env
 
@@ -408,6 +409,17 @@ async def test_fleet_starts_serves_stops_and_restarts_on_its_data(
             body = await r.read()
             assert r.status == 206 and len(body) == 100
             assert re.fullmatch(r"bytes 0-99/\d+", r.headers["Content-Range"])
+        # A third-party client: ffmpeg reads the HLS stream through the edge with the signed
+        # URL (every playlist, init segment and segment request carries the token in its path)
+        # and remuxes it without re-encoding.
+        out = tmp_path / "copy.mp4"
+        ffmpeg = await asyncio.create_subprocess_exec(
+            ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", master, "-c", "copy",
+            "-y", str(out), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(ffmpeg.communicate(), 60)
+        assert ffmpeg.returncode == 0, err.decode(errors="replace")[-2000:]
+        assert out.stat().st_size > 1000
         # The demo account signs in and the control plane has the sample title.
         demo = (data / "secrets" / "demo.password").read_text().strip()
         async with client.post(
