@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
+import logging
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,8 +27,9 @@ import pytest
 import yaml
 from aiohttp import web
 
+from control.player import __main__ as player_main
 from control.player.abr import AbrConfig
-from control.player.session import Player, PlayerError, PlayerOptions
+from control.player.session import Player, PlayerError, PlayerOptions, parse_edges
 from edge.config import SteeringConfig, UpstreamConfig
 from origin.app import ORIGIN
 from origin.app import create_app as create_origin
@@ -253,8 +256,9 @@ async def test_plays_through_the_first_edge_with_zero_rebuffers(fleet: Fleet) ->
     # faster than it plays on loopback).
     assert summary.switches >= 1 and "720p" in summary.renditions, summary
     assert summary.startup_s is not None and summary.startup_s < 5, summary
-    # Heartbeats every 10 s of playout (lease 30 s / 3): at 10, 20, 30 s.
-    assert summary.heartbeats >= 3, summary
+    # Heartbeats every 10 s of WALL time (lease 30 s / 3; the lease runs on the wall clock):
+    # at most one in this ~4 s play, not one per 10 s of media (3 at speed 10).
+    assert summary.heartbeats <= summary.wall_s // 10 + 1, summary
     # The control plane recorded the final position (the stop event).
     r = await fleet.api.post("/v1/sessions", json={"email": email, "password": PASSWORD})
     r = await fleet.api.get(
@@ -392,13 +396,27 @@ class StandIn:
     url: str
     edges: list[str]
     master: str = ""
-    modes: dict[int, str] = dataclasses.field(default_factory=dict)  # edge -> ok|500|truncate
+    # edge -> ok|500|truncate|badlength|badstatus|gzip|ignore-range|slow
+    modes: dict[int, str] = dataclasses.field(default_factory=dict)
     hits: dict[int, int] = dataclasses.field(default_factory=dict)
     events: list[str] = dataclasses.field(default_factory=list)
+    progress_at: list[float] = dataclasses.field(default_factory=list)  # monotonic times
+    playlists: dict[str, str] = dataclasses.field(default_factory=dict)  # "low/index.m3u8"
+    requested: list[str] = dataclasses.field(default_factory=list)  # media file names
+    accept_encoding: list[str] = dataclasses.field(default_factory=list)
+    slow_answered_at: float | None = None  # when the slow s2.m4s was answered
+    refuse_heartbeats: bool = False  # progress events answered 409 lease_expired
 
 
 MEDIA = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\ns1.m4s\n#EXTINF:2,\ns2.m4s\n#EXT-X-ENDLIST\n"
 SEGMENT = bytes(range(256)) * 64
+HALF = len(SEGMENT) // 2
+MEDIA_RANGES = (  # the same two segments as byte ranges of one file
+    "#EXTM3U\n#EXT-X-VERSION:4\n#EXT-X-TARGETDURATION:2\n"
+    f"#EXTINF:2,\n#EXT-X-BYTERANGE:{HALF}@0\nall.mp4\n"
+    f"#EXTINF:2,\n#EXT-X-BYTERANGE:{HALF}@{HALF}\nall.mp4\n#EXT-X-ENDLIST\n"
+)
+SLOW_S = 2.5
 
 
 @pytest.fixture
@@ -417,14 +435,43 @@ async def stand_in() -> AsyncIterator[StandIn]:
     def edge_app(k: int) -> web.Application:
         async def handle(request: web.Request) -> web.StreamResponse:
             st.hits[k] = st.hits.get(k, 0) + 1
-            name = request.path.rsplit("/", 1)[1]
+            parts = request.path.rsplit("/", 2)
+            name = parts[-1]
             if name == "master.m3u8":
                 return web.Response(text=st.master)
+            if "/".join(parts[-2:]) in st.playlists:
+                return web.Response(text=st.playlists["/".join(parts[-2:])])
             if name == "index.m3u8":
                 return web.Response(text=MEDIA)
+            st.requested.append(name)
+            st.accept_encoding.append(request.headers.get("Accept-Encoding", ""))
             mode = st.modes.get(k, "ok")
             if mode == "500":
                 return web.Response(status=500)
+            if mode in ("badlength", "badstatus"):
+                assert request.transport is not None
+                request.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n"
+                    if mode == "badlength"
+                    else b"HTTP/1.1 abc\r\n\r\n"
+                )
+                request.transport.close()
+                return web.Response()
+            if mode == "gzip":  # compressed whatever the client accepts
+                gz = web.Response(body=SEGMENT)
+                gz.enable_compression(web.ContentCoding.gzip)
+                return gz
+            if mode == "slow" and name == "s2.m4s":
+                await asyncio.sleep(SLOW_S)
+                st.slow_answered_at = time.monotonic()
+            ranged = request.headers.get("Range", "")
+            if ranged.startswith("bytes=") and mode != "ignore-range":
+                first, last = (int(x) for x in ranged[6:].split("-"))
+                return web.Response(
+                    status=206,
+                    body=SEGMENT[first : last + 1],
+                    headers={"Content-Range": f"bytes {first}-{last}/{len(SEGMENT)}"},
+                )
             resp = web.StreamResponse(headers={"Content-Length": str(len(SEGMENT))})
             await resp.prepare(request)
             if mode == "truncate":
@@ -467,7 +514,15 @@ async def stand_in() -> AsyncIterator[StandIn]:
         )
 
     async def events(request: web.Request) -> web.Response:
-        st.events.append((await request.json())["kind"])
+        kind = (await request.json())["kind"]
+        st.events.append(kind)
+        if kind == "progress":
+            st.progress_at.append(time.monotonic())
+            if st.refuse_heartbeats:
+                return web.json_response(
+                    {"error": {"code": "lease_expired", "message": "gone", "details": {}}},
+                    status=409,
+                )
         return web.json_response({"stopped": False})
 
     control = web.Application()
@@ -490,7 +545,8 @@ def stand_in_options(st: StandIn, **kw: Any) -> PlayerOptions:
     )
 
 
-@pytest.mark.parametrize("mode", ["500", "truncate"])
+# badlength/badstatus: a malformed answer (aiohttp's ClientResponseError) fails over too.
+@pytest.mark.parametrize("mode", ["500", "truncate", "badlength", "badstatus"])
 async def test_a_5xx_or_a_truncated_body_fails_over(stand_in: StandIn, mode: str) -> None:
     stand_in.modes[0] = mode
     summary = await Player(stand_in_options(stand_in)).run()
@@ -529,3 +585,107 @@ async def test_cli_exit_code_for_a_hostile_playlist(stand_in: StandIn) -> None:
     assert "unplayable playlist" in proc.stderr and "without a URI" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "TOKEN" not in proc.stderr  # URLs are logged without their token
+
+
+async def test_a_200_to_a_range_request_fails_over(stand_in: StandIn) -> None:
+    # The first edge ignores Range (the whole file, 200): the next edge answers the 206.
+    stand_in.playlists["low/index.m3u8"] = MEDIA_RANGES
+    stand_in.modes[0] = "ignore-range"
+    summary = await Player(stand_in_options(stand_in)).run()
+    assert summary.completed and summary.failovers == 1, summary
+    assert summary.failures == {"s0": 1}, summary
+    assert summary.bytes_by_edge["s1"] == len(SEGMENT), summary  # two halves
+
+
+async def test_a_compressed_answer_is_not_truncated(stand_in: StandIn) -> None:
+    # Content-Length counts the gzip bytes, aiohttp hands out the decoded body: not a
+    # truncation. And the player asks for identity in the first place.
+    stand_in.modes = {0: "gzip", 1: "gzip"}
+    summary = await Player(stand_in_options(stand_in)).run()
+    assert summary.completed and summary.failovers == 0 and not summary.failures, summary
+    playlists = len(stand_in.master) + len(MEDIA)
+    assert summary.bytes_by_edge["s0"] == playlists + 2 * len(SEGMENT), summary
+    assert stand_in.accept_encoding == ["identity", "identity"]
+
+
+async def test_heartbeats_run_on_the_wall_clock_through_a_stall(stand_in: StandIn) -> None:
+    # The second segment takes 2.5 s (the play stalls: 4 s of media at speed 50): the lease
+    # is wall time, so heartbeats (every 1 s here) go on during the stall, and are not sent
+    # per media second (one every 20 ms at speed 50).
+    stand_in.modes[0] = "slow"
+    summary = await Player(stand_in_options(stand_in, min_timeout=10.0)).run()
+    assert summary.completed and summary.rebuffers == 1 and not summary.failures, summary
+    assert stand_in.slow_answered_at is not None
+    during = [t for t in stand_in.progress_at if t < stand_in.slow_answered_at]
+    assert len(during) >= 2, (stand_in.progress_at, stand_in.slow_answered_at)
+    gaps = [b - a for a, b in itertools.pairwise(stand_in.progress_at)]
+    assert all(g > 0.8 for g in gaps), gaps
+    assert summary.heartbeats == len(stand_in.progress_at)
+    assert stand_in.events[-1] == "stop"
+
+
+async def test_a_refused_heartbeat_ends_the_play_during_a_stall(stand_in: StandIn) -> None:
+    # The lease ended (409): the play stops at the next heartbeat, not after the download.
+    stand_in.modes[0] = "slow"
+    stand_in.refuse_heartbeats = True
+    t0 = time.monotonic()
+    with pytest.raises(PlayerError, match="ended by the control plane"):
+        await Player(stand_in_options(stand_in, min_timeout=10.0)).run()
+    assert time.monotonic() - t0 < SLOW_S, "the play waited for the slow download"
+    assert stand_in.events[-2:] == ["error", "stop"]
+
+
+async def test_a_variant_shorter_than_the_first_is_skipped(
+    stand_in: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The top variant's playlist ends after one segment, the first's after two. Past 2 s BBA
+    # asks for the top; its last segment would not advance the buffer (fetched again and
+    # again): the player takes the nearest variant that has media there.
+    stand_in.master = (
+        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=100000\nlow/index.m3u8\n"
+        "#EXT-X-STREAM-INF:BANDWIDTH=200000\nhigh/index.m3u8\n"
+    )
+    stand_in.playlists["high/index.m3u8"] = (
+        "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nh1.m4s\n#EXT-X-ENDLIST\n"
+    )
+    options = stand_in_options(stand_in, abr=AbrConfig(reservoir=0.0, cushion=0.1, max_buffer=8))
+    caplog.set_level(logging.INFO, logger="control.player")
+    summary = await asyncio.wait_for(Player(options).run(), 10)
+    assert summary.completed and summary.played_s == pytest.approx(4.0), summary
+    assert "event=variant_skipped variant=200k" in caplog.text
+    assert stand_in.requested == ["s1.m4s", "s2.m4s"], stand_in.requested
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/x", "http://h:abc/x", "http://h:99999999/x", "http://h:-1/x"]
+)
+def test_malformed_edge_urls_are_refused(url: str) -> None:
+    # A PlayerError (a clear message), not urlsplit's ValueError or aiohttp's InvalidURL.
+    with pytest.raises(PlayerError, match="not a valid URL"):
+        parse_edges({"edges": [{"id": "e1", "url": url}]})
+
+
+async def test_an_invalid_url_is_an_error_without_its_token() -> None:
+    player = Player(
+        PlayerOptions(control="http://127.0.0.1:9", email="a@b", password="p", title="t")
+    )
+    async with aiohttp.ClientSession() as http:
+        player.http = http
+        with pytest.raises(PlayerError) as info:
+            await player._get("http://h:abc/_t/SECRET-TOKEN/v/x.m4s", None, 1.0, 1000)
+    assert "InvalidUrlClientError" in str(info.value) and "SECRET" not in str(info.value)
+
+
+def test_an_unforeseen_exception_exits_1_with_only_its_type(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(player: Player) -> None:
+        raise RuntimeError("http://e/_t/SECRET-TOKEN/x.m4s")
+
+    monkeypatch.setattr(player_main, "_run", boom)
+    code = player_main.main(
+        ["--control", "http://127.0.0.1:9", "--email", "a@b", "--password", "p", "--title", "t"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "RuntimeError" in err, err
+    assert "SECRET" not in err and "Traceback" not in err, err

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from control.player.hls import (
     ByteRange,
+    MediaPlaylist,
     PlaylistError,
+    Segment,
     parse_attributes,
     parse_media_playlist,
     parse_multivariant,
@@ -175,6 +179,62 @@ def test_relative_resolution(base: str, uri: str, expected: str) -> None:
 def test_non_http_uris_are_refused(uri: str) -> None:
     with pytest.raises(PlaylistError):
         resolve(MASTER_URL, uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://[::1/seg.m4s",  # urljoin/urlsplit: ValueError("Invalid IPv6 URL")
+        "http://h:abc/seg.m4s",  # a port that does not parse
+        "http://h:99999999/seg.m4s",  # nor fit
+    ],
+)
+def test_malformed_urls_are_playlist_errors(uri: str) -> None:
+    # A PlaylistError (an unplayable playlist), never a bare ValueError (a traceback).
+    with pytest.raises(PlaylistError, match="not a valid URL"):
+        resolve(MASTER_URL, uri)
+    with pytest.raises(PlaylistError, match="not a valid URL"):
+        parse_media_playlist(MEDIA_HEAD + f"#EXTINF:4,\n{uri}\n#EXT-X-ENDLIST\n", MASTER_URL)
+
+
+def _playlist(durations: list[float]) -> MediaPlaylist:
+    segments, start = [], 0.0
+    for n, d in enumerate(durations):
+        segments.append(Segment(f"{EDGE}/s{n}.m4s", d, start, n))
+        start += d
+    return MediaPlaylist(4, tuple(segments))
+
+
+@pytest.mark.parametrize(
+    ("seconds", "index"),
+    [
+        (-1.0, 0), (0.0, 0), (3.9999, 0), (4.0 - 1e-7, 1),  # within 1e-6 of an end: the next
+        (4.0, 1), (5.5, 1), (6.0, 2), (9.99, 2), (10.0, 2), (1e9, 2),  # past the end: the last
+    ],
+)  # fmt: skip
+def test_index_at(seconds: float, index: int) -> None:
+    assert _playlist([4.0, 2.0, 4.0]).index_at(seconds) == index
+
+
+class _CountingSegments(tuple):  # type: ignore[type-arg]
+    """Segments that count how many of them a look-up reads."""
+
+    reads = 0
+
+    def __getitem__(self, i: Any) -> Any:
+        type(self).reads += 1
+        return super().__getitem__(i)
+
+
+def test_index_at_is_a_binary_search() -> None:
+    # The player asks once per segment: a linear scan made a hostile 200,000-segment playlist
+    # O(n^2). Counted, not timed: a look-up reads about log2(n) segments, not n.
+    pl = _playlist([1.0] * 200_000)
+    counted = dataclasses.replace(pl, segments=_CountingSegments(pl.segments))
+    _CountingSegments.reads = 0
+    assert counted.index_at(199_999.5) == 199_999
+    assert counted.index_at(10.5) == 10
+    assert _CountingSegments.reads <= 2 * 20  # log2(200,000) < 18
 
 
 MASTER_OK = "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\na/index.m3u8\n"

@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last resort: a bug, or an answer nothing else foresaw
+        # Only the type: an exception's message (and a traceback's locals) may hold a URL
+        # with its signed token, or the session token.
+        print(f"error: the play failed ({type(exc).__name__})", file=sys.stderr)
+        _print(player.summary.to_json() if args.json else player.summary.text(), args.json)
+        return 1
     _print(summary.to_json() if args.json else summary.text(), args.json)
     return 0 if summary.completed else 1
 

@@ -12,8 +12,11 @@ One play, as a real player does it:
    each segment's rendition with BBA (control/player/abr.py) from the buffer level of the
    simulated playout clock (control/player/playout.py), never more than ``max_buffer``
    seconds ahead;
-5. every ``heartbeat_interval`` seconds of PLAYOUT (the server's answer), a ``progress``
-   event with the position and the bytes received since the last one; at the end a ``stop``.
+5. every ``heartbeat_interval`` WALL seconds (the server's answer), a ``progress`` event with
+   the position and the bytes received since the last one; at the end a ``stop``. The lease
+   they renew runs on the wall clock, so they are timed on it too (media seconds would let it
+   expire at ``--speed`` below 1/3 and flood the control plane at high speeds), from a task
+   beside the downloads, so they go on through startup, stalls and failover retries.
 
 Failover. Every URI the playlists name on the first edge (``<edge 1 URL>/_t/TOKEN/v/...``) is
 the same path on every ranked edge (tokens are in the path and signed by the same keys;
@@ -44,7 +47,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -213,7 +216,11 @@ def redact(url: str) -> str:
 def _http_url(value: object, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 4096:
         raise PlayerError(f"the playback answer has no usable {what}")
-    u = urlsplit(value)
+    try:
+        u = urlsplit(value)
+        u.port  # noqa: B018 - parses the port: ValueError when it is not 0-65535
+    except ValueError:  # also urlsplit's "Invalid IPv6 URL" ("http://[::1/x")
+        raise PlayerError(f"the playback answer's {what} is not a valid URL") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise PlayerError(f"the playback answer's {what} is not an http(s) URL")
     if any(c.isspace() or not c.isprintable() for c in value):
@@ -255,10 +262,11 @@ class Player:
         self.current = 0  # the edge in use
         self.base = ""  # the first edge's URL: URIs are expressed under it
         self.playout: Playout | None = None
-        self.heartbeat_interval = 40.0
-        self.next_heartbeat = 0.0
+        self.heartbeat_interval = 40.0  # wall seconds
+        self.start_position = 0.0  # what heartbeats report before the playout clock exists
         self.bytes_unreported = 0
         self.init_done: set[tuple[str, ByteRange | None]] = set()
+        self.short_variants: set[int] = set()  # variants that ended before the play (logged)
 
     # -- HTTP --------------------------------------------------------------------------
 
@@ -393,17 +401,25 @@ class Player:
         manifests = answer.get("manifests")
         if not isinstance(manifests, dict):
             raise PlayerError("the playback answer has no manifests")
+        resume = answer.get("resume_position")
+        start = 0.0
+        if self.o.resume and isinstance(resume, int | float) and resume > 0:
+            start = float(resume)
+        self.start_position = start
         try:
-            master = await self._multivariant(manifests)
-            resume = answer.get("resume_position")
-            start = 0.0
-            if self.o.resume and isinstance(resume, int | float) and resume > 0:
-                start = float(resume)
-            await self._stream(play_id, master, start, t_ask)
+            await self._with_heartbeats(
+                play_id, self._load_and_stream(play_id, manifests, start, t_ask)
+            )
         except BaseException as exc:
             await self._stop(play_id, error=_describe(exc))
             raise
         await self._stop(play_id)
+
+    async def _load_and_stream(
+        self, play_id: str, manifests: dict[str, Any], start: float, t_ask: float
+    ) -> None:
+        master = await self._multivariant(manifests)
+        await self._stream(play_id, master, start, t_ask)
 
     async def _multivariant(self, manifests: dict[str, Any]) -> Multivariant:
         edge_url = manifests.get("hls_edge")
@@ -472,7 +488,6 @@ class Player:
             resume_s=min(first.segments[v_index].duration, end - position),
         )
         self.playout = p
-        self.next_heartbeat = position + self.heartbeat_interval
         decision = bba.first()
         choice = decision.index
         video_end = audio_end = position
@@ -490,13 +505,13 @@ class Player:
                     level, choice, startup=decision.startup, gained_s=gained, segment_s=seg_s
                 )
                 choice = decision.index
+            choice, pl = await self._covering(variants, choice, video_end, media)
             variant = variants[choice]
-            pl = await media(variant.uri)
-            seg = pl.segments[pl.index_at(video_end)]
+            seg = pl.segments[pl.index_at(video_end)]  # ends after video_end: it advances
             # Never more than max_buffer ahead: wait for the playhead (heartbeats meanwhile).
             room = self.o.abr.max_buffer - seg.duration
             if level > room and p.playing:
-                await self._wait_for_position(p.buffered - room, play_id)
+                await self._wait_for_position(p.buffered - room)
             before = p.level(self.clock())
             t_start = self.clock()
             nbytes = 0
@@ -547,8 +562,7 @@ class Player:
                 result = self.on_segment(n, self.edges[self.current].id)
                 if result is not None:
                     await result
-            await self._heartbeat_if_due(play_id)
-        await self._wait_for_position(end, play_id)
+        await self._wait_for_position(end)
         p.advance(self.clock())
         s = self.summary
         s.completed = p.finished
@@ -558,6 +572,34 @@ class Player:
         downloaded = video_end - position
         s.avg_bitrate = weighted / downloaded if downloaded > 0 else 0.0
         s.media_bitrate = media_bytes * 8 / downloaded if downloaded > 0 else 0.0
+
+    async def _covering(
+        self,
+        variants: list[Variant],
+        choice: int,
+        position: float,
+        media: Callable[[str], Awaitable[MediaPlaylist]],
+    ) -> tuple[int, MediaPlaylist]:
+        """The variant nearest ``choice`` (the lower one first) with media at ``position``.
+
+        The play's end comes from the first variant's playlist; another may end sooner (a
+        rendition cut short), and its last segment (``index_at`` past the end) would not
+        advance the buffer: fetched again and again, a hot loop. (The first variant covers
+        the whole play, so the error below is a guard, not an expected outcome.)"""
+        order = sorted(range(len(variants)), key=lambda i: (abs(i - choice), i > choice))
+        for i in order:
+            pl = await media(variants[i].uri)
+            if pl.duration > position + 1e-6:
+                return i, pl
+            if i not in self.short_variants:
+                self.short_variants.add(i)
+                log.warning(
+                    "event=variant_skipped variant=%s ends_s=%.3f position=%.3f",
+                    _variant_name(variants[i]),
+                    pl.duration,
+                    position,
+                )
+        raise PlayerError(f"no variant has media at {position:.3f} s")
 
     async def _audio(
         self,
@@ -595,29 +637,51 @@ class Player:
 
     # -- heartbeats ------------------------------------------------------------------
 
-    async def _wait_for_position(self, target: float, play_id: str) -> None:
-        """Until the playhead reaches ``target``, sending heartbeats when due."""
+    async def _wait_for_position(self, target: float) -> None:
+        """Until the playhead reaches ``target`` (the heartbeats go on beside)."""
         p = self.playout
         assert p is not None
         while True:
-            now = self.clock()
-            wait = p.until_position(target, now)
+            wait = p.until_position(target, self.clock())
             if wait is None or wait <= 0:
                 return
-            due = p.until_position(self.next_heartbeat, now)
-            if due is not None and due < wait:
-                await asyncio.sleep(due)
-                await self._heartbeat_if_due(play_id)
-                continue
             await asyncio.sleep(wait)
 
-    async def _heartbeat_if_due(self, play_id: str) -> None:
-        p = self.playout
-        assert p is not None
-        p.advance(self.clock())
-        if p.position + 1e-6 < self.next_heartbeat:
+    async def _with_heartbeats(self, play_id: str, play: Coroutine[Any, Any, None]) -> None:
+        """``play`` with the heartbeats in a task beside it. A heartbeat the control plane
+        refuses for good (the lease ended) ends the play; the play's end ends the heartbeats
+        (both tasks are over before this returns, so the stop event comes after the last)."""
+        main = asyncio.ensure_future(play)
+        beat = asyncio.ensure_future(self._heartbeats(play_id))
+        try:
+            await asyncio.wait({main, beat}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            main.cancel()  # no-op when done; when we are cancelled, both go
+            beat.cancel()
+            await asyncio.gather(main, beat, return_exceptions=True)
+        if not main.cancelled() or beat.cancelled() or beat.exception() is None:
+            main.result()  # the play's outcome: None, or its exception
             return
-        self.next_heartbeat = p.position + self.heartbeat_interval
+        exc = beat.exception()
+        assert exc is not None
+        raise exc
+
+    async def _heartbeats(self, play_id: str) -> None:
+        """A progress event every ``heartbeat_interval`` wall seconds, until cancelled."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            due += self.heartbeat_interval
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await self._heartbeat(play_id)
+            due = max(due, loop.time() - self.heartbeat_interval)  # late: no burst after
+
+    async def _heartbeat(self, play_id: str) -> None:
+        p = self.playout
+        position = self.start_position
+        if p is not None:
+            p.advance(self.clock())
+            position = p.position
         sent = self.bytes_unreported
         try:
             await self._api(
@@ -625,7 +689,7 @@ class Player:
                 f"/v1/playback/{play_id}/events",
                 json={
                     "kind": "progress",
-                    "position": round(p.position, 3),
+                    "position": round(position, 3),
                     "client_at": time.time(),
                     "bytes": sent,
                 },
@@ -640,7 +704,7 @@ class Player:
             return
         self.bytes_unreported -= sent
         self.summary.heartbeats += 1
-        log.info("event=heartbeat play=%s position=%.1f bytes=%d", play_id, p.position, sent)
+        log.info("event=heartbeat play=%s position=%.1f bytes=%d", play_id, position, sent)
 
     async def _stop(self, play_id: str, error: str | None = None) -> None:
         """The stop event (and an error event before it when the play failed); best effort."""
@@ -724,7 +788,11 @@ class Player:
         self, url: str, byterange: ByteRange | None, timeout: float, limit: int
     ) -> bytes:
         assert self.http is not None
-        headers = {"Range": byterange.header} if byterange is not None else {}
+        # identity: the length checks below compare the body with Content-Length, which is
+        # the ENCODED length while aiohttp hands out the decoded body.
+        headers = {"Accept-Encoding": "identity"}
+        if byterange is not None:
+            headers["Range"] = byterange.header
         try:
             async with self.http.get(
                 url,
@@ -734,6 +802,10 @@ class Player:
             ) as r:
                 if r.status >= 500 or r.status in (408, 429):
                     raise _Failover(f"HTTP {r.status}")
+                if byterange is not None and r.status == 200:
+                    # The whole resource for a range: this edge ignores Range (a
+                    # misconfigured cache); another one may not.
+                    raise _Failover("HTTP 200 (the whole resource) to a range request")
                 expected = 206 if byterange is not None else 200
                 if r.status != expected:
                     raise PlayerError(
@@ -744,6 +816,11 @@ class Player:
                     if not r.headers.get("Content-Range", "").startswith(want):
                         raise _Failover("a 206 for another range than asked")
                 length = r.content_length
+                if r.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    # Compressed despite the identity asked: Content-Length counts the
+                    # compressed bytes, so it says nothing of the decoded body's length
+                    # (aiohttp raises ClientPayloadError on a truncated compressed stream).
+                    length = None
                 if length is not None and length > limit:
                     raise PlayerError(f"GET {redact(url)}: {length} bytes is more than {limit}")
                 body = await r.content.read(limit + 1)
@@ -752,10 +829,20 @@ class Player:
                     if not more:
                         break
                     body += more
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        except (
+            aiohttp.ClientConnectionError,
+            aiohttp.ClientPayloadError,
+            # A malformed answer (a bad status line, Content-Length: abc): this edge is broken.
+            aiohttp.ClientResponseError,
+            OSError,
+        ) as exc:
             raise _Failover(type(exc).__name__) from None
         except TimeoutError:
             raise _Failover(f"no answer within {timeout:.2f} s") from None
+        except aiohttp.ClientError as exc:
+            # E.g. InvalidUrlClientError: the same URL fails on every edge. Its message holds
+            # the URL and so the token: only the type and the redacted URL are told.
+            raise PlayerError(f"GET {redact(url)}: {type(exc).__name__}") from None
         if len(body) > limit:
             raise PlayerError(f"GET {redact(url)}: more than {limit} bytes")
         if length is not None and len(body) != length:
