@@ -21,9 +21,11 @@ def read_yaml(path: Path | None, error: type[ValueError]) -> tuple[str, object]:
         return "<no config file>", {}
     source = str(path)
     try:
-        return source, yaml.safe_load(path.read_text()) or {}
+        return source, yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise error(f"{source}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{source}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -4,10 +4,10 @@
     python -m fleet status --config conf/fleet.yaml        # each service's health
     python -m fleet check-config --config conf/fleet.yaml  # names the file and key at fault
 
-``--data`` replaces ``data_dir``; ``--set`` overrides any key of the file (list items by id:
+``--data`` replaces ``data_dir`` (taken as it is, after the ``--set`` values); ``--set`` overrides any key of the file (list items by id:
 ``--set edges.e1.listen=127.0.0.11:18080``), checked like the file itself.
 
-Exit status: 0 ok (``run``: stopped by SIGINT or SIGTERM), 2 configuration or usage error,
+Exit status: 0 ok (``run``: stopped by SIGINT, SIGTERM or SIGHUP), 2 configuration or usage error,
 1 runtime failure (a port in use, a service that died at start; the message names its log).
 """
 
@@ -45,11 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             help="override a key of the file, e.g. edges.e1.listen=127.0.0.11:18080",
         )
     args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.data is not None:
-        overrides.append(f"data_dir={args.data}")
     try:
-        cfg = load_config(args.config, overrides)
+        # --data as given (a path), not read as YAML like a --set value.
+        cfg = load_config(args.config, args.set, data_dir=args.data)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

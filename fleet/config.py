@@ -43,7 +43,13 @@ __all__ = [
     "load_config",
 ]
 
-_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+# Starts with a letter or digit: no ".", "..", or a name taken for an option.
+_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# Names the fleet gives its own files and processes (conf/<name>.yaml, logs/<name>.log, the
+# services in fleet.json): an edge of one of these names would overwrite or share them.
+RESERVED_IDS: Final = (
+    "origin", "control", "steering", "ladder", "ingest", "create-admin", "sample-source",
+)  # fmt: skip
 # The control plane's built-in plans (control/config.py DEFAULT_PLANS): the fleet's control
 # plane runs with them, so the demo account can only subscribe to one of these.
 PLANS: Final = ("basic", "standard", "premium")
@@ -204,7 +210,11 @@ def _item_index(items: list[Any], part: str) -> int | None:
 class _R(KeyChecker):
     def ident(self, v: object, key: str) -> str:
         if not isinstance(v, str) or not _ID.match(v):
-            raise self.fail(key, f"expected an id of [A-Za-z0-9._-], 1-64 characters, got {v!r}")
+            raise self.fail(
+                key,
+                "expected an id of [A-Za-z0-9._-], 1-64 characters, starting with a letter "
+                f"or digit, got {v!r}",
+            )
         return v
 
     def number(self, v: object, key: str, lo: float, hi: float) -> float:
@@ -265,13 +275,19 @@ DEFAULT_LADDER: Final = (
 )
 
 
-def load_config(path: Path, overrides: Sequence[str] = ()) -> FleetConfig:
-    """Read, override and check the fleet description. ``ConfigError`` names file and key."""
+def load_config(
+    path: Path, overrides: Sequence[str] = (), data_dir: str | None = None
+) -> FleetConfig:
+    """Read, override and check the fleet description. ``ConfigError`` names file and key.
+
+    ``data_dir`` (``--data``) replaces the file's as it is: a path, never read as YAML."""
     source, raw = read_yaml(path, ConfigError)
     try:
         raw = apply_overrides(raw, overrides)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if data_dir is not None and isinstance(raw, dict):
+        raw["data_dir"] = data_dir
     return parse_config(raw, source)
 
 
@@ -313,8 +329,13 @@ def parse_config(raw: object, source: str) -> FleetConfig:
     ids = [e.id for e in edges]
     if len(set(ids)) != len(ids):
         raise r.fail("edges", "edge ids must be unique")
-    if "origin" in ids:
-        raise r.fail("edges", 'the id "origin" is reserved (steering names the origin so)')
+    for i, e in enumerate(edges):
+        if e.id in RESERVED_IDS:
+            raise r.fail(
+                f"edges[{i}].id",
+                f"the id {e.id!r} is reserved (the fleet's own files and processes are named "
+                f"{', '.join(RESERVED_IDS)})",
+            )
 
     st = r.mapping(
         top.get("steering"),
@@ -429,7 +450,9 @@ def _sample(r: _R, raw: object) -> SampleConfig:
         ladder = parse_ladder(ladder_raw, "ladder")
     except ValueError as exc:
         # parse_ladder says "ladder: [1].height: ..."; make it the file's dotted key.
-        detail = str(exc).removeprefix("ladder: ").removeprefix("ladder")
+        detail = str(exc).removeprefix("ladder")
+        if detail.startswith(": ["):  # an item: sample.ladder[1].height
+            detail = detail.removeprefix(": ")
         raise ConfigError(f"{r.source}: sample.ladder{detail}") from None
     return SampleConfig(
         title=title,

@@ -17,8 +17,9 @@
 5. waits for the ingest, has the control plane read the origin's catalog feed, makes the demo
    account (signed up, subscribed, its invoice paid by the administrator) on first start,
    writes ``fleet.json`` (pids, URLs, logs: for scripts and tests) and prints what to open;
-6. keeps a status line until SIGINT or SIGTERM, then TERMs every process group, waits up to
-   ``stop_timeout`` and KILLs what is left (a second Ctrl-C kills at once), and exits 0.
+6. keeps a status line until SIGINT, SIGTERM or SIGHUP, then TERMs every process group it
+   made, waits up to ``stop_timeout`` and KILLs what is left (another Ctrl-C kills at once),
+   and exits 0.
 
 A service that dies after start is reported (``event=service_exited``) and shown in the
 status line; the others keep running (a test may kill an edge on purpose).
@@ -27,7 +28,9 @@ status line; the others keep running (a test may kill an edge on purpose).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -36,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -54,6 +58,12 @@ log = logging.getLogger("fleet")
 HEALTH_TIMEOUT = 2.0  # seconds one /healthz may take before the service counts as down
 TAIL_LINES = 15  # log lines shown when a service fails to start
 SIGNED_TTL = 86400  # the printed master.m3u8 URL's validity
+API_TIMEOUT = 30.0  # seconds one control-plane call may take
+NO_DEADLINE = 24 * 3600.0  # for work that takes as long as it takes: only Ctrl-C stops it
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+PR_SET_PDEATHSIG = 1
+# Looked up in the parent: the child between fork and exec must not import or load anything.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 class FleetError(Exception):
@@ -61,7 +71,7 @@ class FleetError(Exception):
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived: stop cleanly."""
+    """SIGINT, SIGTERM or SIGHUP arrived: stop cleanly."""
 
 
 @dataclass
@@ -82,6 +92,7 @@ class Fleet:
     lay: Layout = field(init=False)
     children: list[Child] = field(default_factory=list)
     signals: int = 0
+    groups: list[int] = field(default_factory=list)  # every process group it made
     _lock: IO[str] | None = None
 
     def __post_init__(self) -> None:
@@ -94,9 +105,7 @@ class Fleet:
 
     def run(self) -> int:
         t0 = time.monotonic()
-        previous = {
-            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         code = 0
         try:
             self.lock()
@@ -253,12 +262,18 @@ class Fleet:
                 # Its own process group: the terminal's Ctrl-C reaches the fleet alone, which
                 # then stops every group in order (and a group takes ffmpeg children along).
                 process_group=0,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_die_with_parent, os.getpid()),
             )
+        self.groups.append(proc.pid)  # its group's id (process_group=0)
         child = Child(name, proc, log_path)
         self.children.append(child)
         log.info("event=process_started name=%s pid=%d log=%s", name, proc.pid, log_path)
         return child
+
+    def prune_groups(self) -> None:
+        """Forget the groups that are empty now: their ids may be reused by other programs'
+        groups later, which stop_all must not signal."""
+        self.groups = [g for g in self.groups if _group_exists(g)]
 
     def start_service(self, s: Service) -> None:
         argv = [self.python, "-m", s.module, "serve", "--config", str(self.lay.config(s.name))]
@@ -283,6 +298,7 @@ class Fleet:
                     raise self.died(c, "exited while the fleet was starting")
             if pred():
                 return
+            self.prune_groups()
             if time.monotonic() > deadline:
                 raise FleetError(f"timed out after {timeout:g} s waiting for {what}")
             self.pause(0.1)
@@ -328,25 +344,32 @@ class Fleet:
         return str(state)
 
     def stop_all(self) -> None:
-        """TERM every process group (the edges first), wait, KILL what is left."""
+        """TERM every process group it made (the edges first), wait, KILL what is left.
+
+        Every group, also those whose leader has exited (an ingest killed, a helper done):
+        what the leader started may still run in it. A signal that arrives meanwhile (Ctrl-C
+        again, or the first one when stopping after an error) kills at once."""
         alive = [c for c in self.children if c.proc.poll() is None]
-        if not alive:
+        if not self.groups:
             return
         log.info("event=fleet_stopping processes=%d", len(alive))
-        for c in reversed(alive):
-            _signal_group(c.proc, signal.SIGTERM)
+        for pgid in reversed(self.groups):
+            _signal_group(pgid, signal.SIGTERM)
         seen = self.signals
         deadline = time.monotonic() + self.cfg.stop_timeout
-        while time.monotonic() < deadline and self.signals <= max(seen, 1):
+        while time.monotonic() < deadline and self.signals == seen:
             if all(c.proc.poll() is not None for c in alive):
                 break
             time.sleep(0.05)
         for c in alive:
             if c.proc.poll() is None:
                 log.warning("event=process_killed name=%s pid=%d", c.name, c.proc.pid)
-                _signal_group(c.proc, signal.SIGKILL)
+        for pgid in self.groups:  # what is left in any group, leader or not
+            _signal_group(pgid, signal.SIGKILL)
+        for c in alive:
             c.proc.wait()
             log.info("event=process_stopped name=%s code=%d", c.name, c.proc.returncode)
+        self.groups.clear()
 
     # -- the sample title ------------------------------------------------------------------
 
@@ -371,7 +394,8 @@ class Fleet:
                 "-c:a", "aac", "-b:a", "128k", str(tmp),
             ]  # fmt: skip
             gen = self.spawn("sample-source", argv, self.lay.log("ingest"))
-            self.wait_for(lambda: gen.proc.poll() is not None, "the sample source", 120, [])
+            # Up to 600 s of a big picture on a slow machine: no deadline but Ctrl-C.
+            self.wait_for(lambda: gen.proc.poll() is not None, "the sample source", NO_DEADLINE, [])
             self.children.remove(gen)
             if gen.proc.returncode != 0:
                 raise self.died(gen, "could not make the sample source")
@@ -387,7 +411,10 @@ class Fleet:
         t0 = time.monotonic()
         # An ingest of a long sample on a slow machine takes a while: no deadline but Ctrl-C.
         self.wait_for(
-            lambda: ingest.proc.poll() is not None, "the ingest", 24 * 3600, self.service_children()
+            lambda: ingest.proc.poll() is not None,
+            "the ingest",
+            NO_DEADLINE,
+            self.service_children(),
         )
         self.children.remove(ingest)
         if ingest.proc.returncode != 0 or not self.lay.published(self.cfg.sample.title).exists():
@@ -441,11 +468,16 @@ class Fleet:
         )
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+
+        def send() -> tuple[int, bytes]:
+            try:
+                with self.http.open(req, timeout=API_TIMEOUT) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read()
+
         try:
-            with self.http.open(req, timeout=30) as r:
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
+            status, raw = self.interruptible(send)
         except OSError as exc:
             raise FleetError(f"control plane unreachable ({method} {path}): {exc}") from None
         try:
@@ -465,6 +497,29 @@ class Fleet:
                 + f"; its log is {self.lay.log('control')}"
             )
         return doc
+
+    def interruptible(self, fn: Callable[[], tuple[int, bytes]]) -> tuple[int, bytes]:
+        """``fn()`` in a thread, checking for a stop signal meanwhile: Ctrl-C stops at once
+        rather than when the call ends (a blocked call is retried by Python after a signal,
+        up to its timeout). Not retried here: a POST sent twice may make two of something.
+        Left running when interrupted (a daemon thread; stopping the control plane ends it)."""
+        result: list[tuple[int, bytes]] = []
+        error: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                result.append(fn())
+            except BaseException as exc:  # handed to the caller
+                error.append(exc)
+
+        t = threading.Thread(target=target, name="fleet-api", daemon=True)
+        t.start()
+        while t.is_alive():
+            self.check_stop()
+            t.join(0.1)
+        if error:
+            raise error[0]
+        return result[0]
 
     def signin(self, email: str, password: str) -> str:
         doc = self.call(
@@ -590,6 +645,7 @@ class Fleet:
                 else:
                     states.append((c.name, self.health(c.service.health_url)))
                 self.check_stop()
+            self.prune_groups()
             line = format_status(states)
             if tty:
                 # Rewritten in place; padded so a shorter line hides the previous one.
@@ -616,7 +672,8 @@ def status(cfg: FleetConfig, out: IO[str]) -> int:
     urls = [(s.name, s.health_url) for s in fleet.services]
     try:
         doc = json.loads(fleet.lay.state.read_text())
-        os.kill(int(doc["pid"]), 0)
+        if not _is_fleet(int(doc["pid"])):
+            raise ValueError("stale")  # the pid is another program's now
         urls = [(name, str(s["health_url"])) for name, s in doc["services"].items()]
         print(f"fleet running (pid {doc['pid']}), data in {fleet.lay.root}", file=out)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -660,17 +717,51 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join("    " + line for line in mine[-lines:])
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    # Only while the leader is not reaped: its group id cannot have been reused then.
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+def _signal_group(pgid: int, sig: int) -> None:
+    # Also when its leader has exited: the group lives on while any member does. ESRCH: none
+    # does any more.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if the fleet dies, even by SIGKILL: no orphans."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec (Linux): SIGTERM when the fleet dies, even by SIGKILL, so no
+    service outlives it; if the fleet is gone already (it died between the fork and here),
+    exit at once."""
+    if _LIBC is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _is_fleet(pid: int) -> bool:
+    """Whether ``pid`` is a running ``python -m fleet``: a stale fleet.json's pid may have been
+    reused by another program since."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        if Path("/proc/self").exists():
+            return False  # no such process
+        try:  # no /proc (not Linux): only whether it exists
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    except OSError:
+        return False
+    args = cmdline.split(b"\0")
+    return b"fleet" in args or any(a.endswith(b"fleet/__main__.py") for a in args)

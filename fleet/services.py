@@ -335,7 +335,7 @@ def banner(
         "",
         f"opencdn fleet: {len(cfg.edges)} edges in {len(cfg.sites)} sites, data in {lay.root}",
         "",
-        f"  control plane   {cfg.control_url}/   (the API; the web player is to come)",
+        f"  web player      {cfg.control_url}/   (and the API)",
         f"  API docs        {cfg.control_url}/openapi.json",
         f"  demo account    {cfg.demo.email} / {demo_password}   (plan {cfg.demo.plan})",
         f"  administrator   {cfg.demo.admin_email}, password in {lay.secret('admin.password')}",

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import os
 import re
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,6 +36,9 @@ __all__ = [
 ]
 
 STDERR_TAIL_LINES: Final = 30
+PR_SET_PDEATHSIG: Final = 1
+# Looked up in the parent: the child between fork and exec must not import or load anything.
+_LIBC: Final = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 # Containers ffmpeg opens for single pictures: a poster is not a title.
 IMAGE_FORMATS: Final = re.compile(r"^(image2|\w+_pipe|apng|gif|webp)$")
 
@@ -269,6 +275,18 @@ async def run(
     await _run(args, duration=duration, on_progress=on_progress, cwd=cwd)
 
 
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec (Linux): SIGKILL when the process that started it dies, so an
+    encode never outlives a killed ingest or origin; if that process is gone already (it died
+    between the fork and here), exit at once."""
+    if _LIBC is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 async def _run(
     args: list[str],
     *,
@@ -297,6 +315,9 @@ async def _run(
         # Own process group: a Ctrl-C at the terminal is for us to handle (the job is
         # left for another worker), not for ffmpeg to die of mid-encode.
         start_new_session=True,
+        # ...which also takes it out of reach of whoever stops us by process group (the
+        # fleet): it dies with us instead, even when we are SIGKILLed.
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         limit=1 << 20,  # a line longer than this (odd metadata) would otherwise stop the reader
     )
     assert proc.stdout is not None and proc.stderr is not None

@@ -5,6 +5,8 @@ directory, a short sample), checked through real HTTP, stopped with SIGINT, star
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import re
@@ -12,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +25,7 @@ import pytest
 import yaml
 
 from fleet.config import ConfigError, apply_overrides, load_config
+from fleet.run import Fleet, FleetError, Interrupted, status
 from fleet.services import SECRETS, Layout, banner, format_status, services
 from origin.ffmpeg import ffmpeg_exe
 
@@ -79,7 +83,17 @@ def load_config_from(doc: object) -> object:
         ("edges.e3.cache_size=1MiB", "edges[2].cache_size"),
         ("edges.e3.prefixes=[127.0.3.0/33]", "edges[2].prefixes[0]"),
         ("edges.e1.embedded=maybe", "edges[0].embedded"),
-        ("edges.e1.id=origin", "edges"),
+        ("edges.e1.id=origin", "edges[0].id"),
+        ("edges.e2.id=control", "edges[1].id"),
+        ("edges.e2.id=ladder", "edges[1].id"),
+        ("edges.e2.id=steering", "edges[1].id"),
+        ("edges.e2.id=ingest", "edges[1].id"),
+        ("edges.e2.id=create-admin", "edges[1].id"),
+        ("edges.e2.id=sample-source", "edges[1].id"),
+        ("edges.e2.id=.", "edges[1].id"),
+        ("edges.e2.id=..", "edges[1].id"),
+        ("edges.e2.id=-x", "edges[1].id"),
+        ("sites.paris.name=.hidden", "sites[0].name"),
         ("edges.e2.id=e1", "edges"),
         ("edges.e1.colour=red", "edges[0].colour"),
         ("sites.paris.latitude=91", "sites[0].latitude"),
@@ -232,6 +246,172 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert f"{FLEET_YAML}: edges[2].site: unknown site 'nice'" in bad.stderr
 
 
+def test_data_is_a_path_as_given_not_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleet.__main__ import main
+
+    for data in ("2024", "on", "~", "null", "/tmp/a #b", "[x]"):
+        cfg = load_config(FLEET_YAML, ["data_dir=elsewhere"], data_dir=data)
+        assert cfg.data_dir == Path(os.path.abspath(data)), data
+        assert main(["check-config", "--config", str(FLEET_YAML), "--data", data]) == 0, data
+        assert f"data in {os.path.abspath(data)}\n" in capsys.readouterr().out
+
+
+def test_config_messages(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(FLEET_YAML, ["sample.ladder=[]"])
+    assert f"{FLEET_YAML}: sample.ladder: must be a non-empty list" in str(exc.value)
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("data_dir: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    assert str(exc.value) == f"{bad}: not UTF-8 text (byte 13)"
+
+
+def pid_of_child(parent: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[
+                    1
+                ].split()[1] == str(parent):
+                    return int(pid)
+            except OSError:
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"no child of {parent}")
+
+
+def wait_dead(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_an_encode_dies_with_the_process_that_started_it() -> None:
+    """ffmpeg runs in a session of its own, out of reach of the fleet's killpg of the ingest's
+    group: a SIGKILLed ingest must not leave it encoding."""
+    script = (
+        "import asyncio; from origin.ffmpeg import _run; asyncio.run(_run(['-re', '-f', "
+        "'lavfi', '-i', 'nullsrc=s=16x16:r=1', '-t', '600', '-f', 'null', '-'], "
+        "duration=600, on_progress=None))"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], env=subprocess_env(), cwd=ROOT)
+    encoder = None
+    try:
+        encoder = pid_of_child(parent.pid)
+        assert process_alive(encoder)
+        parent.kill()
+        parent.wait()
+        assert wait_dead(encoder), f"ffmpeg {encoder} outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        with_suppressed_kill(encoder)
+
+
+def with_suppressed_kill(pid: int | None) -> None:
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def bare_fleet(tmp_path: Path, *overrides: str) -> Fleet:
+    cfg = load_config(FLEET_YAML, list(overrides), data_dir=str(tmp_path / "data"))
+    fleet = Fleet(cfg, str(FLEET_YAML))
+    fleet.lay.logs.mkdir(parents=True)
+    return fleet
+
+
+def test_stop_kills_what_is_left_in_a_group_whose_leader_exited(tmp_path: Path) -> None:
+    fleet = bare_fleet(tmp_path)
+    pidfile = tmp_path / "pid"
+    helper = fleet.spawn(
+        "ingest", ["sh", "-c", f"sleep 60 & echo $! > {pidfile}"], fleet.lay.log("ingest")
+    )
+    helper.proc.wait()
+    fleet.children.remove(helper)  # as wait_ingest does
+    left = int(pidfile.read_text())
+    assert process_alive(left)
+    fleet.prune_groups()
+    assert fleet.groups == [helper.proc.pid]  # not empty: kept
+    try:
+        fleet.stop_all()
+        assert wait_dead(left), "a process left in the ingest's group outlived the fleet"
+    finally:
+        with_suppressed_kill(left)
+
+
+def test_a_signal_while_stopping_after_an_error_kills_at_once(tmp_path: Path) -> None:
+    fleet = bare_fleet(tmp_path, "stop_timeout=20s")
+    stubborn = fleet.spawn("e1", ["sh", "-c", "trap '' TERM; sleep 60"], fleet.lay.log("e1"))
+    time.sleep(0.2)  # the trap is set
+    threading.Timer(0.3, lambda: setattr(fleet, "signals", fleet.signals + 1)).start()
+    t0 = time.monotonic()
+    fleet.stop_all()  # seen == 0: the error path
+    assert time.monotonic() - t0 < 5
+    assert stubborn.proc.returncode == -signal.SIGKILL
+
+
+def test_ctrl_c_interrupts_a_control_plane_call_at_once(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        fleet = bare_fleet(tmp_path, f"control.listen=127.0.0.1:{port}")
+        threading.Timer(0.3, lambda: setattr(fleet, "signals", 1)).start()
+        t0 = time.monotonic()
+        with pytest.raises(Interrupted):
+            fleet.api("POST", "/v1/sessions", {"email": "x"})
+        assert time.monotonic() - t0 < 3
+
+
+def test_sighup_stops_the_fleet_like_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = bare_fleet(tmp_path)
+    seen = {}
+
+    def lock() -> None:
+        seen.update(
+            {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        )
+        raise FleetError("stop here")
+
+    monkeypatch.setattr(fleet, "lock", lock)
+    assert fleet.run() == 1
+    assert seen == dict.fromkeys(seen, fleet._on_signal) and len(seen) == 3
+
+
+def test_status_does_not_trust_a_stale_pid(tmp_path: Path) -> None:
+    fleet = bare_fleet(tmp_path)
+    state = {"pid": os.getpid(), "services": {"x": {"health_url": "http://127.0.0.1:9/"}}}
+    fleet.lay.state.write_text(json.dumps(state))
+    out = io.StringIO()
+    status(fleet.cfg, out)  # this pid is alive, but it is pytest's, not a fleet's
+    assert out.getvalue().startswith("no fleet.json of a running fleet"), out.getvalue()
+    # A process that is `python -m fleet` (as its command line says) is believed.
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", "-m", "fleet", "run"]
+    )
+    try:
+        while not Path(f"/proc/{other.pid}/cmdline").read_bytes():  # until its exec is done
+            time.sleep(0.01)
+        fleet.lay.state.write_text(json.dumps({**state, "pid": other.pid}))
+        out = io.StringIO()
+        status(fleet.cfg, out)
+        assert out.getvalue().startswith(f"fleet running (pid {other.pid})"), out.getvalue()
+    finally:
+        other.kill()
+        other.wait()
+
+
 # -- the real fleet --------------------------------------------------------------------------
 
 
@@ -378,7 +558,7 @@ async def test_fleet_starts_serves_stops_and_restarts_on_its_data(
     # First start: secrets, configurations, the ingest of the sample, the demo account.
     fleet = await FleetProcess.start(tmp_path, *args)
     running.append(fleet)
-    first = float((await fleet.wait_for(r"^fleet ready in ([\d.]+) s$", 90))[1])
+    await fleet.wait_for(r"^fleet ready in ([\d.]+) s$", 90)
     state = json.loads((data / "fleet.json").read_text())
     assert set(state["services"]) == {"origin", "control", "steering", "e1", "e2", "e3"}
     pids = [s["pid"] for s in state["services"].values()]
@@ -457,8 +637,9 @@ async def test_fleet_starts_serves_stops_and_restarts_on_its_data(
     # A second start on the same data: no ingest, same keys, ready sooner.
     again = await FleetProcess.start(tmp_path, *args)
     running.append(again)
-    second = float((await again.wait_for(r"^fleet ready in ([\d.]+) s$", 30))[1])
-    assert second < first, (first, second)
+    # Reused, not redone (what makes a second start take seconds; not timed here: with the
+    # tests' tiny sample both starts take about 2 s).
+    await again.wait_for(r"^fleet ready in ([\d.]+) s$", 30)
     err = "\n".join(again.err)
     assert "event=sample_reused" in err and "sample_ingested" not in err
     assert "secrets_created" not in err and "create-admin" not in err
