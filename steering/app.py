@@ -499,7 +499,7 @@ def _steering_doc(request: web.Request, dash: bool) -> dict[str, Any]:
         raise web.HTTPBadRequest(text="base: the playlist's pathway cannot be an edge id\n")
     edges = [e for e in answer["edges"] if e["edge"] != "origin"]
     clones = [
-        PathwayClone(base_id=base, id=pathway_id(e["edge"]), host=urlsplit(e["url"]).netloc)
+        PathwayClone(base_id=base, id=pathway_id(e["edge"]), host=_clone_host(e["url"]))
         for e in edges
     ]
     priority = [pathway_id(e["edge"]) for e in edges]
@@ -511,14 +511,21 @@ def _steering_doc(request: web.Request, dash: bool) -> dict[str, Any]:
     return build(priority, ttl=s.config.steering_ttl, reload_uri=reload, clones=clones)
 
 
+# Steering manifests are fetched by browser players (hls.js, dash.js) from pages on another
+# origin (the control plane's web player): without CORS the browser hides the answer and the
+# player never learns the other pathways. Nothing in them is secret (no tokens: pathways are
+# hosts), and no credentials are involved, so any origin may read them.
+_PLAYER_HEADERS = {"Cache-Control": "no-store", "Access-Control-Allow-Origin": "*"}
+
+
 async def _hls(request: web.Request) -> web.Response:
     doc = _steering_doc(request, dash=False)
-    return web.json_response(doc, headers={"Cache-Control": "no-store"})
+    return web.json_response(doc, headers=_PLAYER_HEADERS)
 
 
 async def _dash(request: web.Request) -> web.Response:
     doc = _steering_doc(request, dash=True)
-    return web.json_response(doc, headers={"Cache-Control": "no-store"})
+    return web.json_response(doc, headers=_PLAYER_HEADERS)
 
 
 def _authorize(request: web.Request, s: Steering) -> None:
@@ -668,3 +675,11 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(
         body=generate_latest(s.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
+
+
+def _clone_host(url: str) -> str:
+    """The HOST of an edge's pathway clone: its host name only. Players replace the URI's
+    host name and keep its port (hls.js sets URL.hostname, which ignores a ':port'), so the
+    edges of one fleet must share the playlist's scheme and port."""
+    host = urlsplit(url).hostname or ""
+    return f"[{host}]" if ":" in host else host

@@ -256,7 +256,9 @@ async def test_start_answers_steerings_ranked_edges_with_signed_prefixes(
         assert s.status == 200, await s.text()
         m = parse_hls_steering(await s.json())
     assert list(m.priority)[: len(body["edges"])] == [e["id"] for e in body["edges"]]
-    hosts = {e["id"]: urlsplit(e["url"]).netloc for e in body["edges"]}
+    # A clone's HOST is the edge's host name only: players replace the host name and keep the
+    # playlist's port (hls.js sets URL.hostname), so a fleet's edges share scheme and port.
+    hosts = {e["id"]: urlsplit(e["url"]).hostname for e in body["edges"]}
     assert {c.id: (c.base_id, c.host) for c in m.clones} == {
         i: ("cdn", h) for i, h in hosts.items()
     }

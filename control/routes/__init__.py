@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import accounts, billing, catalog, fill, library, playback
+from . import accounts, billing, catalog, fill, library, playback, webplayer
 
-MODULES: tuple[Any, ...] = (accounts, billing, catalog, fill, library, playback)
+MODULES: tuple[Any, ...] = (accounts, billing, catalog, fill, library, playback, webplayer)
 ROUTE_TABLES: tuple[web.RouteTableDef, ...] = tuple(m.routes for m in MODULES)
