@@ -10,30 +10,22 @@ the popular title on the edge steering sends it to, served from the SSD.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from edge.config import FillConfig, SteeringConfig, UpstreamConfig
+from edge.config import FillConfig
 from edge.fillplan import FillWindow
-from origin.app import ORIGIN
-from origin.app import create_app as create_origin
-from origin.catalog import CatalogFeed
-from origin.config import load_config as load_origin_config
 from origin.synth import synth_catalog
-from steering.app import STEERING
-from steering.app import create_app as create_steering
-from steering.config import load_config as load_steering_config
 
-from .conftest import ADMIN_TOKEN, TEST_KEYS, RunningEdge, edge_config, free_port, start_edge
+from .conftest import ADMIN_TOKEN, TEST_KEYS, RunningEdge
 from .control_support import RunningControl, User
+from .fleet_support import LoopbackFleet, Origin, secret, start_origin, until
 
 CATALOG = "catalog-token-for-fleet-test-0123"
 ORIGIN_FILL = "origin-fill-token-for-fleet-0123"
@@ -42,41 +34,11 @@ HEARTBEAT = "heartbeat-token-for-fleet-test-01"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def secret(path: Path, token: str) -> str:
-    path.write_text(f"# a credential\n{token}\n")
-    return str(path)
-
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.fixture
-async def origin(tmp_path: Path) -> AsyncIterator[tuple[str, CatalogFeed, Path]]:
-    d = tmp_path / "origin"
-    d.mkdir()
-    secret(d / "fill.tokens", ORIGIN_FILL)
-    secret(d / "catalog.tokens", CATALOG)
-    (d / "origin.yaml").write_text(
-        "listen: 127.0.0.1:0\n"
-        f"storage: {{backend: local, root: {d / 'assets'}}}\n"
-        f"fill_credentials_file: {d / 'fill.tokens'}\n"
-        f"catalog_credentials_file: {d / 'catalog.tokens'}\n"
-        f"catalog_db: {d / 'catalog.sqlite'}\n"
-        "access_log: false\n"
-    )
-    runner = web.AppRunner(
-        create_origin(load_origin_config(d / "origin.yaml")), handle_signals=False
-    )
-    await runner.setup()
-    o = runner.app[ORIGIN]
-    assert o.server is not None and isinstance(o.feed, CatalogFeed)
-    yield f"http://127.0.0.1:{o.server.port}", o.feed, d / "assets"
-    await runner.cleanup()
+async def origin(tmp_path: Path) -> AsyncIterator[Origin]:
+    o = await start_origin(tmp_path / "origin", fill_token=ORIGIN_FILL, catalog_token=CATALOG)
+    yield o
+    await o.runner.cleanup()
 
 
 async def watch(rc: RunningControl, user: User, title_id: str, seconds: float) -> None:
@@ -119,20 +81,21 @@ async def fill_now(client: aiohttp.ClientSession, edge: RunningEdge) -> dict[str
 
 
 async def test_a_fleet_fills_from_its_manifests_peers_first(
-    start_control: Any, origin: tuple[str, CatalogFeed, Path], tmp_path: Path
+    start_control: Any, origin: Origin, tmp_path: Path
 ) -> None:
-    origin_url, catalog, media = origin
-    keys = synth_catalog(media, titles=3, renditions=2, duration=8.0, seed=9)
+    keys = synth_catalog(origin.media, titles=3, renditions=2, duration=8.0, seed=9)
     for key in keys:
-        catalog.announce(key, json.loads((media / "v" / key / "manifest.json").read_text()))
+        manifest = (origin.media / "v" / key / "manifest.json").read_text()
+        origin.feed.announce(key, json.loads(manifest))
 
     # Ports first: steering names the edges' URLs, the control plane steering's.
-    steering_port = free_port()
-    ports = {name: free_port() for name in ("e1", "e2", "e3")}
+    lf = LoopbackFleet.plan(tmp_path, HEARTBEAT)
+    ports = lf.ports
+    steering_port = lf.steering_port
     (tmp_path / "edge.keys").write_text(TEST_KEYS)
     rc: RunningControl = await start_control(
         catalog_feed={
-            "url": origin_url,
+            "url": origin.url,
             "credential_file": secret(tmp_path / "catalog.token", CATALOG),
             "interval": 3600,
         },
@@ -161,53 +124,16 @@ async def test_a_fleet_fills_from_its_manifests_peers_first(
     }
     popular = keys[0]
 
-    secret(tmp_path / "hb.tokens", HEARTBEAT)
-    edges_yaml = ", ".join(
-        f"{{id: {n}, site: {'lyon' if n == 'e3' else 'paris'}, url: 'http://127.0.0.1:{p}'}}"
-        for n, p in ports.items()
-    )
-    (tmp_path / "steering.yaml").write_text(
-        f"listen: 127.0.0.1:{steering_port}\n"
-        "sites: [{name: paris, latitude: 48.85, longitude: 2.35},"
-        " {name: lyon, latitude: 45.76, longitude: 4.83}]\n"
-        f"edges: [{edges_yaml}]\n"
-        "default_site: paris\n"
-        f"heartbeat_credentials_file: {tmp_path / 'hb.tokens'}\n"
-        "dead_after: 2s\nprobe_interval: 0.2s\n"
-        f"fill: {{popularity_url: '{rc.url}', credential_file: '{tmp_path / 'feed.token'}',"
+    await lf.start_steering(
+        extra=f"fill: {{popularity_url: '{rc.url}', credential_file: '{tmp_path / 'feed.token'}',"
         " max_copies: 2, share: 0.8}\n"
     )
-    steering = web.AppRunner(
-        create_steering(load_steering_config(tmp_path / "steering.yaml")), handle_signals=False
-    )
-    await steering.setup()
-    await web.TCPSite(steering, "127.0.0.1", steering_port).start()
-    steering_url = f"http://127.0.0.1:{steering_port}"
-    fleet: dict[str, RunningEdge] = {}
+    steering_url = lf.steering_url
+    fleet = lf.edges
     try:
-        for name, port in ports.items():
-            d = tmp_path / name
-            d.mkdir()
-            base = edge_config(d, [origin_url], signed=True)
-            fleet[name] = await start_edge(
-                dataclasses.replace(
-                    base,
-                    node_id=name,
-                    site="lyon" if name == "e3" else "paris",
-                    listen=dataclasses.replace(base.listen, port=port),
-                    upstreams=(
-                        UpstreamConfig(
-                            url=origin_url, credential_file=Path(secret(d / "o", ORIGIN_FILL))
-                        ),
-                    ),
-                    steering=SteeringConfig(steering_url, Path(tmp_path / "hb.tokens"), 0.05),
-                    # Outside its window: only an operator's "fill now" starts it here.
-                    fill=FillConfig(window=window_from_now(120), timezone="UTC"),
-                )
-            )
-        s = steering.app[STEERING]
-        await until(
-            lambda: all(h.last_heartbeat is not None for h in s.fleet.snapshot()), "heartbeats"
+        # Outside their window: only an operator's "fill now" starts a fill here.
+        await lf.start_edges(
+            origin, ORIGIN_FILL, fill=FillConfig(window=window_from_now(120), timezone="UTC")
         )
 
         # Viewers in Paris (steering's default site for loopback clients) watch one title.
@@ -310,6 +236,4 @@ async def test_a_fleet_fills_from_its_manifests_peers_first(
                 pinned = fleet[n].counter("edge_fill_pinned_bytes")
                 assert pinned >= sum(size[p] for p in paris[n])
     finally:
-        for e in fleet.values():
-            await e.stop()
-        await steering.cleanup()
+        await lf.stop()

@@ -17,7 +17,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,18 +30,11 @@ from aiohttp import web
 from control.player import __main__ as player_main
 from control.player.abr import AbrConfig
 from control.player.session import Player, PlayerError, PlayerOptions, parse_edges
-from edge.config import SteeringConfig, UpstreamConfig
-from origin.app import ORIGIN
-from origin.app import create_app as create_origin
-from origin.catalog import CatalogFeed
-from origin.config import load_config as load_origin_config
 from origin.synth import synth_catalog
-from steering.app import STEERING
-from steering.app import create_app as create_steering
-from steering.config import load_config as load_steering_config
 
-from .conftest import PYTHON, ROOT, TEST_KEYS, RunningEdge, edge_config, free_port, start_edge
+from .conftest import PYTHON, ROOT, TEST_KEYS, RunningEdge
 from .control_support import PASSWORD, Api, control_settings, start_control_app
+from .fleet_support import LoopbackFleet, secret, start_origin
 
 CATALOG = "catalog-token-for-player-test-0123"
 ORIGIN_FILL = "origin-fill-token-for-player-0123"
@@ -51,19 +44,6 @@ TITLE_SECONDS = 40.0  # ten 4 s segments
 SPEED = 10.0
 
 pytestmark = pytest.mark.slow
-
-
-def secret(path: Path, token: str) -> str:
-    path.write_text(f"# a credential\n{token}\n")
-    return str(path)
-
-
-async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -106,29 +86,14 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     from control.config import load_config as load_control_config
 
     # The origin, with one synthetic title of four renditions (240p to 720p).
-    d = tmp_path / "origin"
-    d.mkdir()
-    (d / "origin.yaml").write_text(
-        "listen: 127.0.0.1:0\n"
-        f"storage: {{backend: local, root: {d / 'assets'}}}\n"
-        f"fill_credentials_file: {secret(d / 'fill.tokens', ORIGIN_FILL)}\n"
-        f"catalog_credentials_file: {secret(d / 'catalog.tokens', CATALOG)}\n"
-        f"catalog_db: {d / 'catalog.sqlite'}\n"
-        "access_log: false\n"
-    )
-    origin = web.AppRunner(
-        create_origin(load_origin_config(d / "origin.yaml")), handle_signals=False
-    )
-    await origin.setup()
-    o = origin.app[ORIGIN]
-    assert o.server is not None and isinstance(o.feed, CatalogFeed)
-    origin_url = f"http://127.0.0.1:{o.server.port}"
-    media = d / "assets"
+    origin = await start_origin(tmp_path / "origin", fill_token=ORIGIN_FILL, catalog_token=CATALOG)
+    media = origin.media
     (key,) = synth_catalog(media, titles=1, renditions=4, duration=TITLE_SECONDS, seed=7)
-    o.feed.announce(key, json.loads((media / "v" / key / "manifest.json").read_text()))
+    origin.feed.announce(key, json.loads((media / "v" / key / "manifest.json").read_text()))
+    origin_url = origin.url
 
-    steering_port = free_port()
-    ports = {name: free_port() for name in ("e1", "e2", "e3")}
+    lf = LoopbackFleet.plan(tmp_path, HEARTBEAT)
+    steering_port = lf.steering_port
     (tmp_path / "edge.keys").write_text(TEST_KEYS)
     doc = control_settings(
         f"sqlite:///{tmp_path}/control.db",
@@ -157,53 +122,11 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     session = aiohttp.ClientSession()
     api = Api(session, control_url)
 
-    secret(tmp_path / "hb.tokens", HEARTBEAT)
-    edges_yaml = ", ".join(
-        f"{{id: {n}, site: {'lyon' if n == 'e3' else 'paris'}, url: 'http://127.0.0.1:{p}'"
-        + (f", prefixes: ['{LOCAL_CLIENT}/32']" if n == "e3" else "")
-        + "}"
-        for n, p in ports.items()
-    )
-    (tmp_path / "steering.yaml").write_text(
-        f"listen: 127.0.0.1:{steering_port}\n"
-        "sites: [{name: paris, latitude: 48.85, longitude: 2.35},"
-        " {name: lyon, latitude: 45.76, longitude: 4.83}]\n"
-        f"edges: [{edges_yaml}]\n"
-        "default_site: paris\n"
-        f"heartbeat_credentials_file: {tmp_path / 'hb.tokens'}\n"
-        "dead_after: 2s\nprobe_interval: 0.2s\n"
-    )
-    steering = web.AppRunner(
-        create_steering(load_steering_config(tmp_path / "steering.yaml")), handle_signals=False
-    )
-    await steering.setup()
-    await web.TCPSite(steering, "127.0.0.1", steering_port).start()
-    edges: dict[str, RunningEdge] = {}
+    # e3 (Lyon) serves the player's source address: locality sends that client there.
+    await lf.start_steering(edge_extra={"e3": f"prefixes: ['{LOCAL_CLIENT}/32']"})
+    edges = lf.edges
     try:
-        for name, port in ports.items():
-            e = tmp_path / name
-            e.mkdir()
-            base = edge_config(e, [origin_url], signed=True)
-            edges[name] = await start_edge(
-                dataclasses.replace(
-                    base,
-                    node_id=name,
-                    site="lyon" if name == "e3" else "paris",
-                    listen=dataclasses.replace(base.listen, port=port),
-                    upstreams=(
-                        UpstreamConfig(
-                            url=origin_url, credential_file=Path(secret(e / "o", ORIGIN_FILL))
-                        ),
-                    ),
-                    steering=SteeringConfig(
-                        f"http://127.0.0.1:{steering_port}", tmp_path / "hb.tokens", 0.05
-                    ),
-                )
-            )
-        s = steering.app[STEERING]
-        await until(
-            lambda: all(h.last_heartbeat is not None for h in s.fleet.snapshot()), "heartbeats"
-        )
+        await lf.start_edges(origin, ORIGIN_FILL)
         admin = await control.accounts.create_account("ops@example.com", PASSWORD, role="admin")
         assert admin is not None
         r = await api.post("/v1/sessions", json={"email": "ops@example.com", "password": PASSWORD})
@@ -225,12 +148,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
             await asyncio.sleep(0.02)
         yield Fleet(control_url, control, api, edges, str(row["id"]), key, admin_token)
     finally:
-        for edge in edges.values():
-            await edge.stop()
-        await steering.cleanup()
+        await lf.stop()
         await session.close()
         await runner.cleanup()
-        await origin.cleanup()
+        await origin.runner.cleanup()
 
 
 def served(edge: RunningEdge) -> float:
