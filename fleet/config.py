@@ -30,6 +30,7 @@ from edge.units import UnitError, parse_duration, parse_size
 from edge.yamlconfig import KeyChecker, read_yaml
 from origin.ingest import check_title
 from origin.ladder import Rung, parse_ladder
+from steering.config import SiteConfig
 
 __all__ = [
     "ConfigError",
@@ -62,13 +63,6 @@ MIN_CACHE: Final = 64 * 1024 * 1024  # a few slices of every rendition, at least
 
 class ConfigError(ValueError):
     """An invalid fleet description; the message names the source and the key."""
-
-
-@dataclass(frozen=True, slots=True)
-class SiteConfig:
-    name: str
-    latitude: float
-    longitude: float
 
 
 @dataclass(frozen=True, slots=True)

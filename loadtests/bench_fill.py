@@ -270,33 +270,23 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 elif run == "belady":
                     r = simulate_belady(trace, cap, lo, hi, nxt, start=start)
-                elif run == "oracle":  # the same fill told tomorrow's true requests: a diagnosis
+                else:
+                    # Diagnoses, not policies: the same fill told tomorrow's true requests
+                    # (oracle), or the generator's expected rates (the bound of any predictor).
+                    told, label = (perfect, "(oracle)") if run == "oracle" else (rates, "(expect)")
+                    assert told is not None
                     r = simulate_fill(
                         trace,
                         cap,
                         lo,
                         hi,
                         fill_times,
-                        perfect,
+                        told,
                         fill_share=args.fill_share,
                         margin=0.0,
                         start=start,
                     )
-                    r = dataclasses.replace(r, policy="(oracle)")
-                else:  # ... told the generator's expected rates: the bound of any predictor
-                    assert rates is not None
-                    r = simulate_fill(
-                        trace,
-                        cap,
-                        lo,
-                        hi,
-                        fill_times,
-                        rates,
-                        fill_share=args.fill_share,
-                        margin=0.0,
-                        start=start,
-                    )
-                    r = dataclasses.replace(r, policy="(expect)")
+                    r = dataclasses.replace(r, policy=label)
                 rows.append((r, time.perf_counter() - t))
             for r, secs in rows:
                 filled = r.policy != "LRU" and r.policy != "Belady"
