@@ -1,10 +1,13 @@
-"""HTTP routes: the web player (control/web/) and the hls.js it plays with.
+"""HTTP routes: the web player (control/web/), the hls.js it plays with, and dash.js.
 
 The player is plain HTML, CSS and JavaScript with no build step, served from the control plane
 so it calls the API on its own origin (no CORS set-up needed for the API). hls.js comes from the
 npm registry (``npm ci`` at the repository root, which bin/run and bin/test do) and is served
 from ``node_modules`` at ``/vendor/hls.js``: nothing is loaded from a third-party CDN. Without
 ``node_modules`` the page still loads and says how to install it; ``/vendor/hls.js`` is a 404.
+dash.js (the DASH Industry Forum's player, npm package ``dashjs``) is served the same way at
+``/vendor/dash.js`` (its UMD build, which defines ``window.dashjs``), for pages that play
+``manifests.dash`` (the MPD) instead: tests/test_dash_player.py plays the fleet's MPD with it.
 
 Files are answered with ``FileResponse`` (sendfile, ``ETag``/``Last-Modified`` and 304s) and
 ``Cache-Control: no-cache``: names carry no content hash (no build step), so browsers
@@ -28,6 +31,7 @@ WEB_DIR: Final = Path(__file__).resolve().parent.parent / "web"
 # The repository's node_modules (``npm ci`` at the root, next to package.json).
 NODE_MODULES: Final = Path(__file__).resolve().parents[2] / "node_modules"
 HLS_JS: Final = NODE_MODULES / "hls.js" / "dist" / "hls.min.js"
+DASH_JS: Final = NODE_MODULES / "dashjs" / "dist" / "modern" / "umd" / "dash.all.min.js"
 
 _TYPES: Final = {
     ".html": "text/html; charset=utf-8",
@@ -81,6 +85,13 @@ async def hls_js(request: web.Request) -> web.FileResponse:
     return _file(HLS_JS)
 
 
+@routes.get("/vendor/dash.js")
+async def dash_js(request: web.Request) -> web.FileResponse:
+    if not DASH_JS.is_file():
+        raise NotFound("dash.js is not installed: run `npm ci` at the repository root")
+    return _file(DASH_JS)
+
+
 # -- OpenAPI -------------------------------------------------------------------------------
 
 
@@ -124,6 +135,16 @@ OPENAPI: dict[str, Any] = {
         "/vendor/hls.js": {
             "get": {
                 "summary": "hls.js, as installed from the npm registry (npm ci)",
+                "tags": ["web"],
+                "responses": {
+                    "200": _text("the library", "text/javascript"),
+                    **error_responses(404),
+                },
+            }
+        },
+        "/vendor/dash.js": {
+            "get": {
+                "summary": "dash.js (npm package dashjs), as installed from the npm registry (npm ci)",
                 "tags": ["web"],
                 "responses": {
                     "200": _text("the library", "text/javascript"),
