@@ -24,8 +24,9 @@ export PATH="$VENV/bin:$PATH"
 
 # The web player's JavaScript dependencies (package.json: hls.js, and playwright-core for the
 # browser test) from the npm registry, reinstalled only when package-lock.json changes.
-# bin/test also needs Debian's chromium (tests/test_web_player.py); as root, bin/test installs
-# what is missing with apt-get. bin/run works without either (the page then says what to do).
+# bin/test also needs Debian's chromium (tests/test_web_player.py) and ffmpeg (the remux
+# through an edge in tests/test_fleet.py); as root, bin/test installs what is missing with
+# apt-get. bin/run works without either (the page then says what to do).
 _apt_install() {
     [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
     echo "Installing $* with apt-get ..." >&2
@@ -53,8 +54,15 @@ if command -v npm >/dev/null; then
 else
     echo "npm is missing: the web player will not find hls.js (apt-get install npm)" >&2
 fi
-if [ "$_testing" = 1 ] && [ ! -x /usr/bin/chromium ]; then
-    _apt_install chromium || echo "/usr/bin/chromium is missing: the web player test will fail" >&2
+if [ "$_testing" = 1 ]; then
+    _apt_missing=()
+    [ -x /usr/bin/chromium ] || _apt_missing+=(chromium)
+    [ -x /usr/bin/ffmpeg ] || _apt_missing+=(ffmpeg)
+    if [ "${#_apt_missing[@]}" -gt 0 ]; then
+        _apt_install "${_apt_missing[@]}" ||
+            echo "${_apt_missing[*]} missing: the tests that need it will fail under CI" >&2
+    fi
+    unset _apt_missing
 fi
 unset _testing
 cd "$ROOT"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urljoin
@@ -27,7 +28,6 @@ import yaml
 from fleet.config import ConfigError, apply_overrides, load_config
 from fleet.run import Fleet, FleetError, Interrupted, status
 from fleet.services import SECRETS, Layout, banner, format_status, services
-from origin.ffmpeg import ffmpeg_exe
 
 from .conftest import ROOT, subprocess_env
 
@@ -589,17 +589,34 @@ async def test_fleet_starts_serves_stops_and_restarts_on_its_data(
             body = await r.read()
             assert r.status == 206 and len(body) == 100
             assert re.fullmatch(r"bytes 0-99/\d+", r.headers["Content-Range"])
-        # A third-party client: ffmpeg reads the HLS stream through the edge with the signed
-        # URL (every playlist, init segment and segment request carries the token in its path)
-        # and remuxes it without re-encoding.
-        out = tmp_path / "copy.mp4"
-        ffmpeg = await asyncio.create_subprocess_exec(
-            ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", master, "-c", "copy",
-            "-y", str(out), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await asyncio.wait_for(ffmpeg.communicate(), 60)
-        assert ffmpeg.returncode == 0, err.decode(errors="replace")[-2000:]
-        assert out.stat().st_size > 1000
+        # A third-party client: Debian's ffmpeg (apt package ffmpeg, which bin/test installs;
+        # not the static build from PyPI the origin encodes with) reads the HLS stream through
+        # the edge with the signed URL (every playlist, init segment and segment request
+        # carries the token in its path) and remuxes it without re-encoding. Outside CI a
+        # machine without it skips this part, with a warning saying so; under CI=true it fails.
+        debian_ffmpeg = Path("/usr/bin/ffmpeg")
+        if debian_ffmpeg.exists():
+            out = tmp_path / "copy.mp4"
+            ffmpeg = await asyncio.create_subprocess_exec(
+                str(debian_ffmpeg), "-nostdin", "-loglevel", "error", "-i", master, "-c", "copy",
+                "-y", str(out), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(ffmpeg.communicate(), 60)
+            assert ffmpeg.returncode == 0, err.decode(errors="replace")[-2000:]
+            assert out.stat().st_size > 1000
+        elif os.environ.get("CI") == "true":
+            pytest.fail(
+                f"{debian_ffmpeg} is missing: bin/test installs it (apt-get install ffmpeg)"
+            )
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")  # shown in the warnings summary, not an error
+                warnings.warn(
+                    f"skipped the ffmpeg remux through the edge: {debian_ffmpeg} is missing"
+                    " (bin/test installs it as root: apt-get install ffmpeg)",
+                    UserWarning,
+                    stacklevel=1,
+                )
         # The demo account signs in and the control plane has the sample title.
         demo = (data / "secrets" / "demo.password").read_text().strip()
         async with client.post(
