@@ -16,90 +16,20 @@ is missing (bin/test installs them); under CI=true it fails instead.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
-import signal
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from control.routes.webplayer import DASH_JS
 
-from .test_fleet import SMALL_SAMPLE, FleetProcess, free_ports
-from .test_web_player import CHROMIUM, PLAYWRIGHT, _demo_session, _missing, _read_line
+from .page_player import play_on_page, short_fleet
+from .test_web_player import _demo_session, _missing
 
 SAMPLE_SECONDS = 8
 PLAYBACK_RATE = 2
-
-PAGE = """<!doctype html>
-<meta charset="utf-8">
-<title>dash.js</title>
-<video id="v" muted playsinline></video>
-<script src="{dash_js}"></script>
-"""
-
-# Plays cfg.mpd in the page, then prints one JSON line: {"event": "done", ...} or
-# {"event": "failed", "error": ...}. Every wait has a deadline.
-DRIVER = r"""
-"use strict";
-const { chromium } = require(process.env.PLAYWRIGHT_CORE);
-const cfg = JSON.parse(process.argv[2]);
-const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
-(async () => {
-  const browser = await chromium.launch({
-    executablePath: cfg.chromium, headless: true,
-    args: ["--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
-  });
-  try {
-    const page = await browser.newPage();
-    const cdp = await page.context().newCDPSession(page);
-    await cdp.send("Network.enable");
-    await cdp.send("Network.setCacheDisabled", { cacheDisabled: true });
-    const responses = [];
-    const failed = [];
-    page.on("response", (r) => responses.push({ url: r.url(), status: r.status() }));
-    page.on("requestfailed", (q) => failed.push({ url: q.url(), error: q.failure().errorText }));
-    page.on("pageerror", (e) => failed.push({ url: "page", error: String(e) }));
-    await page.goto(cfg.page);
-    await page.waitForFunction(() => window.dashjs !== undefined, null, { timeout: 10000 });
-    const version = await page.evaluate(([url, rate]) => {
-      const video = document.getElementById("v");
-      video.muted = true;
-      window.dashErrors = [];
-      const player = dashjs.MediaPlayer().create();
-      player.on(dashjs.MediaPlayer.events.ERROR, (e) => {
-        window.dashErrors.push(JSON.stringify(e.error || e));
-      });
-      video.addEventListener("playing", () => { video.playbackRate = rate; });
-      player.initialize(video, url, true);
-      window.player = player;
-      return player.getVersion();
-    }, [cfg.mpd, cfg.rate]);
-    const end = Date.now() + cfg.playSeconds * 1000;
-    let state;
-    for (;;) {
-      state = await page.evaluate(() => {
-        const v = document.getElementById("v");
-        return { currentTime: v.currentTime, duration: v.duration, ended: v.ended,
-          errors: window.dashErrors, mediaError: v.error && v.error.code };
-      });
-      if (state.ended || state.errors.length || state.mediaError) break;
-      if (Date.now() > end) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    say({ event: "done", version, state, responses, failed });
-  } finally {
-    await browser.close();
-  }
-})().catch((e) => {
-  say({ event: "failed", error: String(e && e.stack || e) });
-  process.exit(1);
-});
-"""
 
 
 @pytest.fixture
@@ -122,17 +52,7 @@ def _is_media(url: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_dash_js_plays_the_mpd_through_the_edges(tmp_path: Path, dash_tools: None) -> None:
-    data = tmp_path / "data"
-    args = ["--data", str(data)]
-    sample = [kv for kv in SMALL_SAMPLE if not kv.startswith("sample.duration=")]
-    for kv in [*free_ports(), *sample, f"sample.duration={SAMPLE_SECONDS}", "stop_timeout=5s"]:
-        args += ["--set", kv]
-    fleet = await FleetProcess.start(tmp_path, *args)
-    runner: web.AppRunner | None = None
-    driver: asyncio.subprocess.Process | None = None
-    try:
-        await fleet.wait_for(r"^fleet ready in ([\d.]+) s$", 60)
-        state = json.loads((data / "fleet.json").read_text())
+    async with short_fleet(tmp_path, SAMPLE_SECONDS) as (_, state):
         control = state["control_url"]
         password = Path(state["demo_password_file"]).read_text().strip()
         edges = {
@@ -157,60 +77,21 @@ async def test_dash_js_plays_the_mpd_through_the_edges(tmp_path: Path, dash_tool
         mpd = play["manifests"]["dash"]
         assert urlsplit(mpd).netloc in edges and urlsplit(mpd).path.endswith(".mpd"), mpd
 
-        # The page, on an origin of its own.
-        site = tmp_path / "site"
-        site.mkdir()
-        (site / "index.html").write_text(PAGE.format(dash_js=control + "/vendor/dash.js"))
-        app = web.Application()
-        app.router.add_static("/", site)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        tcp = web.TCPSite(runner, "127.0.0.1", 0)
-        await tcp.start()
-        port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-        script = tmp_path / "driver.cjs"
-        script.write_text(DRIVER)
-        cfg = {
-            "chromium": str(CHROMIUM),
-            "page": f"http://127.0.0.1:{port}/index.html",
-            "mpd": mpd,
-            "rate": PLAYBACK_RATE,
-            "playSeconds": 25,
-        }
-        env = {**os.environ, "PLAYWRIGHT_CORE": str(PLAYWRIGHT)}
-        driver = await asyncio.create_subprocess_exec(
-            "node", str(script), json.dumps(cfg), env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        done = await play_on_page(
+            tmp_path, player="dash", script=control + "/vendor/dash.js", url=mpd,
+            rate=PLAYBACK_RATE, play_seconds=25,
         )  # fmt: skip
-        done = await _read_line(driver, 45)
-        assert await asyncio.wait_for(driver.wait(), 15) == 0
 
-        # Played to (near) the end, no dash.js error event.
-        played = done["state"]
-        assert isinstance(played, dict), done
-        assert played["errors"] == [] and not played["mediaError"], done
-        assert played["currentTime"] >= SAMPLE_SECONDS - 1, done
-        # The MPD and every segment from the fleet's edges, each a 200 or a 206.
-        responses = done["responses"]
-        assert isinstance(responses, list)
-        media = [r for r in responses if _is_media(r["url"])]
-        assert any(urlsplit(r["url"]).path.endswith(".m4s") for r in media), responses
-        wrong = [r for r in media if urlsplit(r["url"]).netloc not in edges]
-        assert wrong == [], wrong
-        assert [r for r in media if r["status"] not in (200, 206)] == [], media
-        assert [f for f in done["failed"] if _is_media(f["url"])] == [], done["failed"]
-        print(f"dash.js {done['version']}: {len(media)} media responses")
-    finally:
-        if driver is not None and driver.returncode is None:
-            driver.kill()
-            await driver.wait()
-        if runner is not None:
-            await runner.cleanup()
-        if fleet.proc.returncode is None:
-            fleet.proc.send_signal(signal.SIGTERM)
-            try:
-                await fleet.exit_code(20)
-            except TimeoutError:
-                pass
-        await fleet.close()
+    # Played to (near) the end, no dash.js error event.
+    played = done["state"]
+    assert played["errors"] == [] and not played["mediaError"], done
+    assert played["currentTime"] >= SAMPLE_SECONDS - 1, done
+    # The MPD and every segment from the fleet's edges, each a 200 or a 206.
+    responses = done["responses"]
+    media = [r for r in responses if _is_media(r["url"])]
+    assert any(urlsplit(r["url"]).path.endswith(".m4s") for r in media), responses
+    wrong = [r for r in media if urlsplit(r["url"]).netloc not in edges]
+    assert wrong == [], wrong
+    assert [r for r in media if r["status"] not in (200, 206)] == [], media
+    assert [f for f in done["failed"] if _is_media(f["url"])] == [], done["failed"]
+    print(f"dash.js {done['version']}: {len(media)} media responses")

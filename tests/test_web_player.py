@@ -29,13 +29,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from .conftest import ROOT
+from .page_player import CHROMIUM, PLAYWRIGHT, _read_line, play_on_page, short_fleet
 from .test_fleet import SMALL_SAMPLE, FleetProcess, free_ports
 
-CHROMIUM = Path("/usr/bin/chromium")
-PLAYWRIGHT = ROOT / "node_modules" / "playwright-core"
 HLS_JS = ROOT / "node_modules" / "hls.js" / "dist" / "hls.min.js"
 # Long enough that the kill lands with fragments still to fetch (the page buffers 12 s ahead),
 # short enough to play in a few seconds at the rate the driver sets.
@@ -291,18 +289,6 @@ async def _demo_session(
     return token, profile
 
 
-async def _read_line(proc: asyncio.subprocess.Process, timeout: float) -> dict[str, object]:
-    assert proc.stdout is not None
-    raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
-    if not raw:
-        assert proc.stderr is not None
-        err = await proc.stderr.read()
-        raise AssertionError(f"the driver ended: {err.decode(errors='replace')[-3000:]}")
-    msg: dict[str, object] = json.loads(raw)
-    assert msg.get("event") != "failed", msg.get("error")
-    return msg
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_web_player_plays_through_the_fleet_and_survives_an_edge_kill(
@@ -419,93 +405,6 @@ async def test_web_player_plays_through_the_fleet_and_survives_an_edge_kill(
         await fleet.close()
 
 
-# A minimal page on an origin of its own (as tests/test_dash_player.py serves dash.js), loading
-# hls.js from the control plane.
-BYTERANGE_PAGE = """<!doctype html>
-<meta charset="utf-8">
-<title>hls.js byte ranges</title>
-<video id="v" muted playsinline></video>
-<script src="{hls_js}"></script>
-"""
-
-# Plays cfg.url with hls.js, recording every response (its Range header, status, Content-Range
-# and body length), then prints one JSON line: {"event": "done", ...} or {"event": "failed"}.
-BYTERANGE_DRIVER = r"""
-"use strict";
-const { chromium } = require(process.env.PLAYWRIGHT_CORE);
-const cfg = JSON.parse(process.argv[2]);
-const say = (o) => process.stdout.write(JSON.stringify(o) + "\n");
-(async () => {
-  const browser = await chromium.launch({
-    executablePath: cfg.chromium, headless: true,
-    args: ["--no-sandbox", "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
-  });
-  try {
-    const page = await browser.newPage();
-    const cdp = await page.context().newCDPSession(page);
-    await cdp.send("Network.enable");
-    await cdp.send("Network.setCacheDisabled", { cacheDisabled: true });
-    const responses = [];
-    const pending = [];
-    const failed = [];
-    page.on("response", (resp) => {
-      pending.push((async () => {
-        const req = resp.request();
-        const headers = await req.allHeaders();
-        let length = null, text = null;
-        try {
-          const body = await resp.body();
-          length = body.length;
-          if (/\.m3u8(\?|$)/.test(req.url())) text = body.toString("utf8");
-        } catch (e) { length = null; }
-        responses.push({
-          url: req.url(), method: req.method(), range: headers["range"] || null,
-          status: resp.status(), contentRange: resp.headers()["content-range"] || null,
-          length, text,
-        });
-      })());
-    });
-    page.on("requestfailed", (q) => failed.push({ url: q.url(), error: q.failure().errorText }));
-    page.on("pageerror", (e) => failed.push({ url: "page", error: String(e) }));
-    await page.goto(cfg.page);
-    await page.waitForFunction(() => window.Hls !== undefined, null, { timeout: 10000 });
-    const version = await page.evaluate(([url, rate]) => {
-      const video = document.getElementById("v");
-      video.muted = true;
-      window.hlsFatal = [];
-      const hls = new Hls();
-      hls.on(Hls.Events.ERROR, (_, d) => {
-        if (d.fatal) window.hlsFatal.push(`${d.type} ${d.details}`);
-      });
-      hls.on(Hls.Events.MANIFEST_PARSED, () => video.play());
-      video.addEventListener("playing", () => { video.playbackRate = rate; });
-      hls.loadSource(url);
-      hls.attachMedia(video);
-      return Hls.version;
-    }, [cfg.url, cfg.rate]);
-    const end = Date.now() + cfg.playSeconds * 1000;
-    let state;
-    for (;;) {
-      state = await page.evaluate(() => {
-        const v = document.getElementById("v");
-        return { currentTime: v.currentTime, duration: v.duration, ended: v.ended,
-          fatal: window.hlsFatal, mediaError: v.error && v.error.code };
-      });
-      if (state.ended || state.fatal.length || state.mediaError) break;
-      if (Date.now() > end) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    await Promise.all(pending);
-    say({ event: "done", version, state, responses, failed });
-  } finally {
-    await browser.close();
-  }
-})().catch((e) => {
-  say({ event: "failed", error: String(e && e.stack || e) });
-  process.exit(1);
-});
-"""
-
 BYTERANGE_SECONDS = 8
 
 
@@ -517,90 +416,40 @@ async def test_hls_js_plays_the_byte_range_variant_with_correct_206s(
     """hls.js plays the origin's byte-range variant (master_single.m3u8: EXT-X-BYTERANGE into
     single.mp4) through an edge, so the ranged-request check above has ranged requests to
     check: at least one per segment, each answered by a correct 206."""
-    data = tmp_path / "data"
-    args = ["--data", str(data)]
-    sample = [kv for kv in SMALL_SAMPLE if not kv.startswith("sample.duration=")]
-    for kv in [*free_ports(), *sample, f"sample.duration={BYTERANGE_SECONDS}", "stop_timeout=5s"]:
-        args += ["--set", kv]
-    fleet = await FleetProcess.start(tmp_path, *args)
-    runner: web.AppRunner | None = None
-    driver: asyncio.subprocess.Process | None = None
-    try:
-        await fleet.wait_for(r"^fleet ready in ([\d.]+) s$", 60)
-        state = json.loads((data / "fleet.json").read_text())
-        control = state["control_url"]
+    async with short_fleet(tmp_path, BYTERANGE_SECONDS) as (fleet, state):
         master = (await fleet.wait_for(r"(http://127\.0\.0\.11:\d+/_t/\S+/master\.m3u8)$", 1))[1]
         # The token covers the title's directory: the byte-range variant is beside master.m3u8.
         url = master.removesuffix("master.m3u8") + "master_single.m3u8"
-
-        site = tmp_path / "site"
-        site.mkdir()
-        (site / "index.html").write_text(BYTERANGE_PAGE.format(hls_js=control + "/vendor/hls.js"))
-        app = web.Application()
-        app.router.add_static("/", site)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        tcp = web.TCPSite(runner, "127.0.0.1", 0)
-        await tcp.start()
-        port = tcp._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-        script = tmp_path / "driver.cjs"
-        script.write_text(BYTERANGE_DRIVER)
-        cfg = {
-            "chromium": str(CHROMIUM),
-            "page": f"http://127.0.0.1:{port}/index.html",
-            "url": url,
-            "rate": 2,
-            "playSeconds": 20,
-        }
-        env = {**os.environ, "PLAYWRIGHT_CORE": str(PLAYWRIGHT)}
-        driver = await asyncio.create_subprocess_exec(
-            "node", str(script), json.dumps(cfg), env=env, cwd=tmp_path,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        done = await play_on_page(
+            tmp_path, player="hls", script=state["control_url"] + "/vendor/hls.js", url=url,
+            rate=2, play_seconds=20,
         )  # fmt: skip
-        done = await _read_line(driver, 40)
-        assert await asyncio.wait_for(driver.wait(), 15) == 0
 
-        # Played to (near) the end, no fatal hls.js error.
-        played = done["state"]
-        assert isinstance(played, dict), done
-        assert played["fatal"] == [] and not played["mediaError"], done
-        assert played["currentTime"] >= BYTERANGE_SECONDS - 1, played
-        responses = done["responses"]
-        assert isinstance(responses, list)
-        # The media playlists fetched are byte-range ones, and each of their segments was
-        # fetched with a Range request.
-        media_playlists = [
-            str(r["text"]) for r in responses if r["text"] and "#EXTINF" in str(r["text"])
-        ]
-        assert media_playlists, responses
-        assert all("#EXT-X-BYTERANGE" in t for t in media_playlists), media_playlists
-        ranged = [r for r in responses if r["range"]]
-        assert all(urlsplit(r["url"]).path.endswith("/single.mp4") for r in ranged), ranged
-        wanted = set()
-        for text in media_playlists:
-            wanted |= _byteranges(text)
-        asked = {str(r["range"]) for r in ranged}
-        missing = sorted(wanted - asked)
-        segments = max(t.count("#EXTINF") for t in media_playlists)
-        assert len(ranged) >= segments and not missing, (missing, sorted(asked))
-        # Every ranged request: a 206 with the Content-Range asked for and that many bytes.
-        assert _check_ranged(responses) == []
-        assert [f for f in done["failed"] if "single" in f["url"]] == [], done["failed"]
-        print(f"hls.js {done['version']}: {len(ranged)} ranged requests, all correct 206s")
-    finally:
-        if driver is not None and driver.returncode is None:
-            driver.kill()
-            await driver.wait()
-        if runner is not None:
-            await runner.cleanup()
-        if fleet.proc.returncode is None:
-            fleet.proc.send_signal(signal.SIGTERM)
-            try:
-                await fleet.exit_code(20)
-            except TimeoutError:
-                pass
-        await fleet.close()
+    # Played to (near) the end, no fatal hls.js error.
+    played = done["state"]
+    assert played["errors"] == [] and not played["mediaError"], done
+    assert played["currentTime"] >= BYTERANGE_SECONDS - 1, played
+    responses = done["responses"]
+    # The media playlists fetched are byte-range ones, and each of their segments was
+    # fetched with a Range request.
+    media_playlists = [
+        str(r["text"]) for r in responses if r["text"] and "#EXTINF" in str(r["text"])
+    ]
+    assert media_playlists, responses
+    assert all("#EXT-X-BYTERANGE" in t for t in media_playlists), media_playlists
+    ranged = [r for r in responses if r["range"]]
+    assert all(urlsplit(r["url"]).path.endswith("/single.mp4") for r in ranged), ranged
+    wanted = set()
+    for text in media_playlists:
+        wanted |= _byteranges(text)
+    asked = {str(r["range"]) for r in ranged}
+    missing = sorted(wanted - asked)
+    segments = max(t.count("#EXTINF") for t in media_playlists)
+    assert len(ranged) >= segments and not missing, (missing, sorted(asked))
+    # Every ranged request: a 206 with the Content-Range asked for and that many bytes.
+    assert _check_ranged(responses) == []
+    assert [f for f in done["failed"] if "single" in f["url"]] == [], done["failed"]
+    print(f"hls.js {done['version']}: {len(ranged)} ranged requests, all correct 206s")
 
 
 def _byteranges(playlist: str) -> set[str]:
