@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from .units import UnitError, parse_duration
+
 
 def read_yaml(path: Path | None, error: type[ValueError]) -> tuple[str, object]:
     """(source name for messages, parsed document); an empty or absent file is ``{}``."""
@@ -56,3 +58,20 @@ class KeyChecker:
                 hint = f'; did you mean "{close[0]}"?' if close else ""
                 raise self.fail(f"{key}.{k}" if key else str(k), f"unknown key{hint}")
         return raw
+
+    def number(self, v: object, key: str, lo: float, hi: float) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            raise self.fail(key, f"expected a number from {lo:g} to {hi:g}, got {v!r}")
+        return float(v)
+
+    def duration(self, v: object, key: str, lo: float, hi: float) -> float:
+        """Seconds, from a number or a string with a unit ("30s", "500ms", "1h")."""
+        try:
+            if isinstance(v, bool):
+                raise UnitError("bool", value=v)
+            n = parse_duration(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
+        except (UnitError, TypeError, ValueError):
+            raise self.fail(key, f"expected a duration like 30s, got {v!r}") from None
+        if not lo <= n <= hi:
+            raise self.fail(key, f"expected {lo:g}s to {hi:g}s, got {n:g}s")
+        return n

@@ -26,7 +26,7 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 from control.auth import normalize_email
 from edge.config import Listen, parse_listen
 from edge.fillplan import parse_window
-from edge.units import UnitError, parse_duration, parse_size
+from edge.units import UnitError, parse_size
 from edge.yamlconfig import KeyChecker, read_yaml
 from origin.ingest import check_title
 from origin.ladder import Rung, parse_ladder
@@ -211,26 +211,10 @@ class _R(KeyChecker):
             )
         return v
 
-    def number(self, v: object, key: str, lo: float, hi: float) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise self.fail(key, f"expected a number from {lo:g} to {hi:g}, got {v!r}")
-        return float(v)
-
     def whole(self, v: object, key: str, lo: int, hi: int) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise self.fail(key, f"expected a whole number from {lo} to {hi}, got {v!r}")
         return v
-
-    def duration(self, v: object, key: str, lo: float, hi: float) -> float:
-        try:
-            if isinstance(v, bool):
-                raise UnitError("bool", value=v)
-            n = parse_duration(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
-        except (UnitError, TypeError, ValueError):
-            raise self.fail(key, f"expected a duration like 30s, got {v!r}") from None
-        if not lo <= n <= hi:
-            raise self.fail(key, f"expected {lo:g}s to {hi:g}s, got {n:g}s")
-        return n
 
     def listen(self, v: object, key: str) -> Listen:
         """An IP address and a port: the fleet connects to it and prints it, so no wildcard

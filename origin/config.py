@@ -135,13 +135,13 @@ class _Reader(KeyChecker):
             raise self.fail(key, f"{p} does not exist or is not readable")
         return p
 
-    def number(
+    def seconds(
         self, d: Mapping[str, Any], key: str, name: str, default: float, lo: float, hi: float
     ) -> float:
         v = d.get(name, default)
         try:
             if isinstance(v, bool):
-                raise UnitError("not a duration")
+                raise UnitError("not a duration", value=v)
             n = parse_duration(v) if isinstance(v, str) else float(v)
         except (UnitError, ValueError, TypeError):
             raise self.fail(key, f"expected a number or duration, got {v!r}") from None
@@ -253,14 +253,14 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
         work_dir=r.path(i, "ingest.work_dir", "work_dir", Path("var/origin/work")) or Path(),
         ladder_file=r.file(i, "ingest.ladder_file", "ladder_file"),
         preset=preset,
-        segment_seconds=r.number(i, "ingest.segment_seconds", "segment_seconds", 4.0, 1.0, 20.0),
+        segment_seconds=r.seconds(i, "ingest.segment_seconds", "segment_seconds", 4.0, 1.0, 20.0),
         parallel=r.integer(i, "ingest.parallel", "parallel", 0, 0, 64),
         retries=r.integer(i, "ingest.retries", "retries", 1, 0, 5),
     )
     j = r.section(top.get("jobs"), "jobs", ("db", "lease", "max_attempts"))
     jobs = JobsConfig(
         db=r.path(j, "jobs.db", "db", Path("var/origin/jobs.sqlite")) or Path(),
-        lease=r.number(j, "jobs.lease", "lease", 60.0, 1.0, 3600.0),
+        lease=r.seconds(j, "jobs.lease", "lease", 60.0, 1.0, 3600.0),
         max_attempts=r.integer(j, "jobs.max_attempts", "max_attempts", 3, 1, 20),
     )
     level = r.string(top, "log_level", "log_level", "info")
@@ -278,7 +278,7 @@ def load_config(path: Path | None, overrides: Mapping[str, object] | None = None
         ),
         catalog_db=r.path(top, "catalog_db", "catalog_db", Path("var/origin/catalog.sqlite"))
         or Path(),
-        metadata_ttl=r.number(top, "metadata_ttl", "metadata_ttl", 5.0, 0.0, 3600.0),
+        metadata_ttl=r.seconds(top, "metadata_ttl", "metadata_ttl", 5.0, 0.0, 3600.0),
         ingest=ingest,
         jobs=jobs,
         log_level=level,

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge.config import Listen, parse_listen
-from edge.units import UnitError, parse_duration, parse_size
+from edge.units import UnitError, parse_size
 from edge.yamlconfig import KeyChecker, read_yaml
 
 # fill.feed_limit's maximum: what a site's feed costs steering in memory (see there).
@@ -92,22 +92,6 @@ class _R(KeyChecker):
         if not isinstance(v, str) or not _ID.match(v):
             raise self.fail(key, f"expected an id of [A-Za-z0-9._-], 1-64 characters, got {v!r}")
         return v
-
-    def number(self, v: object, key: str, lo: float, hi: float) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise self.fail(key, f"expected a number from {lo:g} to {hi:g}, got {v!r}")
-        return float(v)
-
-    def duration(self, v: object, key: str, lo: float, hi: float) -> float:
-        try:
-            if isinstance(v, bool):
-                raise UnitError("bool", value=v)
-            n = parse_duration(v) if isinstance(v, str) else float(v)  # type: ignore[arg-type]
-        except (UnitError, TypeError, ValueError):
-            raise self.fail(key, f"expected a duration like 3s, got {v!r}") from None
-        if not lo <= n <= hi:
-            raise self.fail(key, f"expected {lo:g}s to {hi:g}s, got {n:g}s")
-        return n
 
     def url(self, v: object, key: str) -> str:
         if not isinstance(v, str):
