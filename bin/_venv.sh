@@ -24,8 +24,8 @@ export PATH="$VENV/bin:$PATH"
 
 # The web player's JavaScript dependencies (package.json: hls.js, and playwright-core for the
 # browser test) from the npm registry, reinstalled only when package-lock.json changes.
-# bin/test also needs Debian's chromium (tests/test_web_player.py) and ffmpeg (the remux
-# through an edge in tests/test_fleet.py); as root, bin/test installs what is missing with
+# bin/test also needs Debian's chromium (tests/test_web_player.py), ffmpeg (the remux
+# through an edge in tests/test_fleet.py), promtool and systemd-analyze; as root, bin/test installs what is missing with
 # apt-get. bin/run works without either (the page then says what to do).
 _apt_install() {
     [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
@@ -58,6 +58,10 @@ if [ "$_testing" = 1 ]; then
     _apt_missing=()
     [ -x /usr/bin/chromium ] || _apt_missing+=(chromium)
     [ -x /usr/bin/ffmpeg ] || _apt_missing+=(ffmpeg)
+    # promtool checks conf/prometheus (tests/test_monitoring.py); systemd-analyze verifies
+    # the units in systemd/ (tests/test_systemd.py).
+    command -v promtool >/dev/null || _apt_missing+=(prometheus)
+    command -v systemd-analyze >/dev/null || _apt_missing+=(systemd)
     if [ "${#_apt_missing[@]}" -gt 0 ]; then
         _apt_install "${_apt_missing[@]}" ||
             echo "${_apt_missing[*]} missing: the tests that need it will fail under CI" >&2
