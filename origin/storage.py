@@ -327,13 +327,12 @@ class Storage(abc.ABC):
         content_type = _content_type(key, content_type)
         src = Path(src)
         cancel = threading.Event()
-        try:
-            return await self._write(
-                key, functools.partial(self._put_file_sync, key, src, content_type, cancel)
-            )
-        except asyncio.CancelledError:
-            cancel.set()  # the worker stops at its next chunk and cleans up
-            raise
+        # On cancellation the worker stops at its next chunk and cleans up.
+        return await self._write(
+            key,
+            functools.partial(self._put_file_sync, key, src, content_type, cancel),
+            on_cancel=cancel.set,
+        )
 
     async def put_bytes(
         self, key: str, data: bytes | bytearray | memoryview, content_type: str | None = None
@@ -422,7 +421,14 @@ class Storage(abc.ABC):
     async def _run(self, job: Callable[[], T]) -> T:
         return await asyncio.wrap_future(self._submit(job))
 
-    async def _write(self, key: str, job: Callable[[], T], *, is_prefix: bool = False) -> T:
+    async def _write(
+        self,
+        key: str,
+        job: Callable[[], T],
+        *,
+        is_prefix: bool = False,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> T:
         loop = asyncio.get_running_loop()
         self._invalidate(key, is_prefix)
         cf = self._submit(job)
@@ -434,7 +440,19 @@ class Storage(abc.ABC):
                 loop.call_soon_threadsafe(self._invalidate, key, is_prefix)
 
         cf.add_done_callback(done)
-        return await asyncio.wrap_future(cf)
+        fut = asyncio.wrap_future(cf)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # A worker thread cannot be interrupted. A cancelled write returns only once its
+            # thread is done (or the job never started), so a caller's cleanup after the
+            # cancellation (publish's delete_prefix) cannot be overtaken by the write landing.
+            if on_cancel is not None:
+                on_cancel()
+            if not cf.cancel():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(fut)
+            raise
 
     def forget(self, key: str) -> None:
         """Drop cached metadata of ``key`` (the caller saw the object change underneath)."""

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import threading
 import time
 import tracemalloc
 import uuid
@@ -438,6 +439,37 @@ async def test_cancelled_put_file_leaves_no_debris(
         assert isinstance(store, LocalStorage)
         leftovers = [p.name for p in store.root.rglob("*") if p.name.startswith(".tmp-")]
         assert leftovers == []
+
+
+async def test_a_cancelled_write_returns_only_once_its_worker_is_done(
+    make_local: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """publish() cleans up after a cancelled upload: the upload's thread must not land a file
+    after that cleanup (tests/test_origin_server.py's all-or-nothing publish was flaky)."""
+    store = make_local()
+    assert isinstance(store, LocalStorage)
+    entered, release = threading.Event(), threading.Event()
+    real = LocalStorage._put_bytes_sync
+
+    def slow(self: LocalStorage, key: str, data: bytes, content_type: str) -> Any:
+        entered.set()
+        release.wait(30)
+        return real(self, key, data, content_type)
+
+    monkeypatch.setattr(LocalStorage, "_put_bytes_sync", slow)
+    task = asyncio.create_task(store.put_bytes("v/t/a.m4s", b"aaaa"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    # The cancellation is pending until the thread ends: the task is not done yet.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The write has landed by the time the cancellation is seen, so a cleanup now removes it.
+    assert await store.delete_prefix("v/t/") == 1
+    assert await store.list("v/t/") == []
 
 
 # -- delete, delete_prefix, list -------------------------------------------------------------
