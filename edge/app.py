@@ -301,7 +301,7 @@ async def _fill_ctx(app: web.Application) -> AsyncIterator[None]:
             # Pins of an earlier fill would otherwise hold their slices forever: nothing
             # releases them while fill is off.
             slices, released = await release_pins(store)
-            store.flush_pins()
+            await store.flush_pins_async()
             log.info("event=fill_disabled_unpinned slices=%d bytes=%d", slices, released)
         yield
         return
@@ -368,7 +368,7 @@ async def _housekeeping(edge: Edge) -> None:
         await asyncio.sleep(5.0)
         edge.reload_keys()
         if edge.store is not None:
-            edge.store.flush_pins()
+            await edge.store.flush_pins_async()
 
 
 # -- admin API ---------------------------------------------------------------------------

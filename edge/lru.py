@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 _NIL = -1
 _PINNED = 1
+_PINNED_BYTE = bytes([_PINNED])  # flags hold _PINNED or 0
 
 
 class LRUIndex:
@@ -73,6 +74,14 @@ class LRUIndex:
     def is_pinned(self, key: int) -> bool:
         slot = self._slot.get(key)
         return slot is not None and bool(self._flags[slot] & _PINNED)
+
+    def pinned_snapshot(self) -> tuple[bytes, bytes]:
+        """Copies of the slot flags and keys, for ``pinned_keys`` to read off the event loop.
+
+        Two memcpys (about 1 ms at a million slots), where walking the index in Python takes
+        most of a second; a free slot's flags are 0, so a pinned flag marks a live entry.
+        """
+        return bytes(self._flags), self._keys.tobytes()
 
     def keys_lru_first(self) -> Iterator[int]:
         """Unpinned keys from least to most recently used (for tests and stats)."""
@@ -215,3 +224,16 @@ class LRUIndex:
             self.remove(key)
             victims.append((key, size))
         return victims, self.used + need <= self.capacity
+
+
+def pinned_keys(snapshot: tuple[bytes, bytes]) -> list[int]:
+    """The pinned keys of a ``LRUIndex.pinned_snapshot``, in slot order."""
+    flags, raw = snapshot
+    keys = array("Q")
+    keys.frombytes(raw)
+    out: list[int] = []
+    i = flags.find(_PINNED_BYTE)
+    while i >= 0:
+        out.append(keys[i])
+        i = flags.find(_PINNED_BYTE, i + 1)
+    return out

@@ -15,6 +15,7 @@ rebuilt from the final names and every ``.tmp`` or foreign file is removed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import xxhash
 
-from .lru import LRUIndex
+from .lru import LRUIndex, pinned_keys
 
 log = logging.getLogger("edge.store")
 
@@ -217,8 +218,16 @@ class Disk:
         return out
 
     def save_pins(self) -> None:
-        keys = [k for k in self.index._slot if self.index.is_pinned(k)]
-        write_atomic(self.root / PINS_FILE, "".join(f"{k:016x}\n" for k in keys).encode())
+        write_pins(self.root / PINS_FILE, self.index.pinned_snapshot())
+
+
+def write_pins(path: Path, snapshot: tuple[bytes, bytes]) -> None:
+    """Write a pins file (one 16-digit hex key a line) from an index snapshot.
+
+    Run in a worker thread by ``Store.flush_pins_async``: at a million pinned slices the
+    formatting takes most of a second, which must not stall the players' event loop.
+    """
+    write_atomic(path, "".join([f"{k:016x}\n" for k in pinned_keys(snapshot)]).encode())
 
 
 def _scan(path: str | Path) -> list[os.DirEntry[str]]:
@@ -352,6 +361,7 @@ class SliceStore:
         self.evictions = 0
         self.evicted_bytes = 0
         self.disk_errors = 0
+        self._pins_lock = asyncio.Lock()
         self.last_disk_error: str | None = None
         self.last_disk_error_at = 0.0
 
@@ -644,6 +654,20 @@ class SliceStore:
                     disk.save_pins()
                 except OSError as exc:
                     self._disk_error(disk, exc)
+
+    async def flush_pins_async(self) -> None:
+        """``flush_pins`` for the running server: the snapshot is taken on the loop (a copy
+        of two arrays), the formatting and the fsynced write happen in a worker thread.
+        Flushes are serialised, so an older snapshot never lands after a newer one."""
+        async with self._pins_lock:
+            for disk in self.disks:
+                if disk.pins_dirty and not disk.failed:
+                    disk.pins_dirty = False
+                    snapshot = disk.index.pinned_snapshot()
+                    try:
+                        await asyncio.to_thread(write_pins, disk.root / PINS_FILE, snapshot)
+                    except OSError as exc:
+                        self._disk_error(disk, exc)
 
     def close(self) -> None:
         self.flush_pins()

@@ -7,7 +7,7 @@ import tracemalloc
 
 import pytest
 
-from edge.lru import LRUIndex
+from edge.lru import LRUIndex, pinned_keys
 
 
 def run(capacity: int, ops: list[tuple]) -> tuple[LRUIndex, list[list[int]]]:
@@ -111,6 +111,34 @@ def test_lru_table(name, capacity, ops, victims, order):
     assert evicted == victims
     assert list(idx.keys_lru_first()) == order
     assert idx.used == sum(idx.size_of(k) or 0 for k in list(idx._slot))
+
+
+PIN_CASES = [
+    # (name, ops, pinned keys after them, in slot order)
+    ("none", [("ins", 1, 10), ("ins", 2, 10)], []),
+    ("inserted pinned", [("pins", 1, 10), ("ins", 2, 10), ("pins", 3, 10)], [1, 3]),
+    (
+        "pinned later, unpinned",
+        [("ins", 1, 10), ("ins", 2, 10), ("pin", 2), ("pin", 1), ("unpin", 2)],
+        [1],
+    ),
+    ("a removed pin frees its slot", [("pins", 1, 10), ("rm", 1)], []),
+    ("a reused slot is not pinned", [("pins", 1, 10), ("rm", 1), ("ins", 2, 10)], []),
+    ("a reused slot pinned again", [("pins", 1, 10), ("rm", 1), ("pins", 2, 10)], [2]),
+    ("the largest key", [("pins", 2**64 - 1, 10), ("pins", 0, 10)], [2**64 - 1, 0]),
+]
+
+
+@pytest.mark.parametrize("name, ops, pinned", PIN_CASES, ids=[c[0] for c in PIN_CASES])
+def test_pinned_keys_of_a_snapshot(name, ops, pinned):
+    idx, _ = run(1000, ops)
+    snapshot = idx.pinned_snapshot()
+    assert pinned_keys(snapshot) == pinned
+    assert sorted(pinned) == sorted(k for k in idx._slot if idx.is_pinned(k))
+    # A snapshot is a copy: later changes to the index do not reach it.
+    for k in pinned:
+        idx.unpin(k)
+    assert pinned_keys(snapshot) == pinned
 
 
 def test_make_room_work_is_bounded():
