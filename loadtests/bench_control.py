@@ -57,7 +57,8 @@ py-spy (PyPI: ``pip install py-spy``) sampling the control plane, and prints whe
 
 Exit status: 0 no errors and both targets met, 1 errors (non-2xx other than 409, socket
 errors, a service died, counts that disagree with /metrics), 2 no errors but a target missed.
-See loadtests/README.md.
+``--json FILE`` writes the two targets' figures per backend and worker count as rows
+(loadtests/results.py). See loadtests/README.md.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ import http.client
 import itertools
 import json
 import os
-import platform
 import random
 import re
 import resource
@@ -113,6 +113,7 @@ from bench_edge import (
 from bench_search import GENRES, make_vocab, typo, zipf_sampler
 from bench_steering import start_edges, start_steering
 from bench_steering import write_config as write_steering_config
+from results import Row, cpu_model, measured, write_rows
 
 from control.auth import KdfParams, hash_password, new_session_token
 
@@ -893,22 +894,6 @@ class Result:
         return sum(v for k, v in self.statuses.items() if not 200 <= k <= 299)
 
 
-def cpu_model() -> str:
-    """The CPU's model name and family (from /proc/cpuinfo), or the platform's guess."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for row in f:
-                key, sep, value = row.partition(":")
-                if not sep:
-                    break  # the end of the first processor's block
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = fields.get("model name", platform.machine())
-    return f"{name} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})"
-
-
 def pg_cpu_seconds() -> float:
     """CPU of every PostgreSQL server process on the machine (not ours, only read)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -1414,14 +1399,37 @@ def print_table(results: list[Result]) -> None:
         print(fmt(row))
 
 
-def print_targets(results: list[Result]) -> bool:
-    ok = True
+def target_runs(results: list[Result]) -> tuple[list[Result], list[Result]]:
+    """The runs the two targets are read from: the mix's, and search's latency."""
     mixes = [r for r in results if r.scenario == "mix"]
     # The latency target is read at a load the service keeps up with (search_latency, a few
     # connections); at 32 connections on 2 saturated cores, p99 is mostly queueing.
     searches = [r for r in results if r.scenario == "search_latency"] or [
         r for r in results if r.scenario == "search"
     ]
+    return mixes, searches
+
+
+def json_rows(results: list[Result]) -> list[Row]:
+    mixes, searches = target_runs(results)
+    rows = [
+        measured("control", f"mix 2xx/s, {r.backend} {r.workers}w", r.ok_rps, "req/s",
+                 target=f">= {TARGET_RPS:,.0f} req/s", met=r.ok_rps >= TARGET_RPS,
+                 note=f"{r.cpu_ms:.2f} ms CPU/req")
+        for r in mixes
+    ]  # fmt: skip
+    rows += [
+        measured("control", f"search p99, {r.backend} {r.workers}w, {r.connections} conns",
+                 r.p99_ms, "ms", target=f"< {TARGET_SEARCH_P99_MS:g} ms",
+                 met=r.p99_ms < TARGET_SEARCH_P99_MS)
+        for r in searches
+    ]  # fmt: skip
+    return rows
+
+
+def print_targets(results: list[Result]) -> bool:
+    ok = True
+    mixes, searches = target_runs(results)
     if mixes:
         print(f"target: mix >= {TARGET_RPS:,.0f} req/s (the seeds' estimate for 1M daily users)")
         for r in mixes:
@@ -1525,6 +1533,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--tmpdir", type=Path, default=None, help="create the work directory here")
     ap.add_argument("--seed", type=int, default=12345, help="random seed of the data set")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as rows here")
     args = ap.parse_args(argv)
     if args.quick:
         args.titles = min(args.titles, 2000)
@@ -1713,6 +1722,8 @@ def main(argv: list[str] | None = None) -> int:
         "full load (closed loop, latency ~ connections / throughput)"
     )
     targets_ok = print_targets(results)
+    if args.json:
+        write_rows(args.json, json_rows(results))
     problems = [f"{r.backend} w{r.workers} {r.scenario}: {p}" for r in results for p in r.problems]
     print()
     if problems:

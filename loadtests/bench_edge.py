@@ -23,6 +23,7 @@ Everything listens on 127.0.0.1 only and lives in one temporary directory:
 
 Exit status: 0 all good, 1 errors (non-2xx, socket errors, wrong sizes, a server died),
 2 a throughput target missed.  See loadtests/README.md for what the figures mean.
+``--json FILE`` writes the figures against nginx as rows (loadtests/results.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from results import Row, measured, write_rows
 
 HOST = "127.0.0.1"  # the only address this script ever talks to or listens on
 MiB = 1 << 20
@@ -781,6 +784,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--tmpdir", type=Path, default=None, help="where to create the work dir")
     ap.add_argument("--seed", type=int, default=12345, help="wrk Lua random seed")  # fmt: skip
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as rows here")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 3.0)
@@ -848,6 +852,29 @@ def print_table(results: list[tuple[Scenario, dict[str, Run]]], servers: list[st
                 f"{r.requests} responses in {r.seconds:.1f}s"
             )
     return ok
+
+
+def ratio_rows(
+    bench: str, results: list[tuple[Scenario, dict[str, Run]]], server: str, servers: list[str]
+) -> list[Row]:
+    """Per scenario, req/s of ``server`` against nginx with the scenario's target (the same
+    verdict as the printed table), and of any other server (a baseline) without a target."""
+    out = []
+    for sc, runs in results:
+        nginx = runs["nginx"]
+        for s in servers:
+            if s == "nginx":
+                continue
+            r = runs[s]
+            ratio = r.rps / nginx.rps if nginx.rps else 0.0
+            mine = s == server
+            out.append(
+                measured(bench, f"{sc.name}" + ("" if mine else f" ({s})"), r.rps, "req/s",
+                         peer="nginx", peer_value=nginx.rps, ratio=ratio,
+                         target=f">= {sc.target:.1f}x nginx" if mine else None,
+                         met=ratio >= sc.target if mine else None)
+            )  # fmt: skip
+    return out
 
 
 def edge_log_anomalies(path: Path) -> list[str]:
@@ -950,6 +977,10 @@ def bench(tmp: Path, args: argparse.Namespace, servers: list[str], problems: lis
     )
     print()
     targets_ok = print_table(results, servers)
+    if args.json:
+        peak = measured("edge", "edge peak RSS (VmHWM)", final["VmHWM"] / MiB, "MiB",
+                        peer="nginx", peer_value=nginx_hwm / MiB)  # fmt: skip
+        write_rows(args.json, [*ratio_rows("edge", results, "edge", servers), peak])
     print()
     print(
         f"edge memory: peak RSS (VmHWM) {final['VmHWM'] / MiB:.0f} MiB, RSS now "

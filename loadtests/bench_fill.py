@@ -8,6 +8,7 @@ parameters), or reads a trace file of ``time object size`` lines, and replays th
 cache at 1%, 5%, 10% and 20% of the catalog's bytes under three policies. The last (full) day
 is measured. Target: LRU plus fill closes at least half of the gap between LRU and Belady at
 every size. Exit status 0 when the target holds, 2 when it does not, 1 on an error.
+``--json FILE`` writes the gap closed per setup and size as rows (loadtests/results.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from results import Row, measured, write_rows
 
 from loadtests.fillsim import (
     DAY,
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--boost-rank", type=int, default=10, help="boost = daily plays of this rank")
     ap.add_argument("--boost-days", type=float, default=2.0, help="days the boost lasts")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as rows here")
     args = ap.parse_args(argv)
     try:
         sizes_pct = [float(s) for s in args.sizes.split(",")]
@@ -239,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     # expects. "Steady state": the caches are also warm from the days before (LRU and Belady
     # kept yesterday's content), which is what an edge lives in.
     verdicts: dict[str, bool] = {}
+    json_rows: list[Row] = []
     for setup, start in (("one day from empty caches", lo), ("steady state", 0)):
         print()
         where = f"caches empty at 00:00 of day {day}" if start else "caches warm from day 0"
@@ -300,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             closed = gap_closed(lru, fill_r, bel)
             met = closed >= TARGET
             ok &= met
+            short = "from empty" if start else "steady state"
+            json_rows.append(
+                measured("fill", f"gap to Belady closed, {short}, cache {pct:g}%", closed,
+                         target=f">= {TARGET}", met=met,
+                         note=f"byte hit: LRU {lru:.3f}, fill {fill_r:.3f}, Belady {bel:.3f}")
+            )  # fmt: skip
             bound = (
                 f"; with the expected rates {gap_closed(lru, rows[4][0].byte_hit_ratio, bel):.2f}"
                 if len(rows) > 4
@@ -315,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     for setup, met in verdicts.items():
         print(f"{setup}: the target {'holds at every size' if met else 'is MISSED at some size'}")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; target {'met' if ok else 'MISSED'}")
+    if args.json:
+        write_rows(args.json, json_rows)
     return 0 if ok else 2
 
 

@@ -22,6 +22,7 @@ Run by hand (it is not a test and nothing imports it)::
    speed and peak RSS.
 
 Exit status: 0 target met, 1 error (ingest failed, a warning was logged), 2 target missed.
+``--json FILE`` writes the speed and wall time as rows (loadtests/results.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from bench_edge import MiB, proc_tree, wait_quiet  # noqa: E402
+from results import measured, write_rows  # noqa: E402
 
 TITLE = "bench"
 TARGET = 1.0
@@ -200,6 +202,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tmpdir", type=Path, default=None, help="where to create the output dir")
     ap.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
                     help="print progress this often (0: never; default 10)")  # fmt: skip
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as rows here")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = 10.0
@@ -424,6 +427,17 @@ def report(
     )
     if busy >= args.quiet_limit:
         print(f"WARNING: the machine was busy before the run ({busy:.2f} cores elsewhere)")
+    if args.json:
+        clip_name = f"{clip:g} s 1080p30 clip, preset {args.preset}"
+        write_rows(
+            args.json,
+            [
+                measured("ingest", f"speed, {clip_name}", speed, "x real time",
+                         target=f">= {TARGET:.1f}x", met=speed >= TARGET),
+                measured("ingest", "wall time", wall, "s"),
+                measured("ingest", "ffmpeg CPU", cpu / wall, "cores"),
+            ],
+        )  # fmt: skip
 
     print()
     if warnings.records:

@@ -30,6 +30,7 @@ reuses the process, wrk and measurement helpers of ``bench_edge.py``. Everything
 
 Exit status: 0 all good, 1 errors (non-206, socket errors, wrong sizes or bytes, a server
 died, warnings on the origin's stderr), 2 a throughput target missed. See loadtests/README.md.
+``--json FILE`` writes the figures against nginx as rows (loadtests/results.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from results import measured, write_rows
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_edge import (
@@ -63,6 +66,7 @@ from bench_edge import (
     metrics,
     proc_status,
     proc_tree,
+    ratio_rows,
     run_benchmark,
     run_wrk,
     wait_http,
@@ -309,6 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--tmpdir", type=Path, default=None, help="where to create the work dir")
     ap.add_argument("--seed", type=int, default=12345, help="wrk Lua random seed")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as rows here")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 3.0)
@@ -471,6 +476,10 @@ def bench(tmp: Path, args: argparse.Namespace, problems: list[str]) -> bool:
     )
     print()
     targets_ok = print_table(results)
+    if args.json:
+        peak = measured("origin", "origin peak RSS (VmHWM)", final["VmHWM"] / MiB, "MiB",
+                        peer="nginx", peer_value=nginx_hwm / MiB)  # fmt: skip
+        write_rows(args.json, [*ratio_rows("origin", results, "origin", ["origin"]), peak])
     print()
     print(
         f"origin statuses during the load (/metrics): 206 x {n206:,.0f}, cut by wrk at stop "

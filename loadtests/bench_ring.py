@@ -15,6 +15,10 @@ ring placed by MD5 of ``"<cache id>--<index>"``, a key goes to the closest point
   within 1.1x), and ``stray moves``: keys that moved although their edge stayed (must be 0);
 * ``rank/s`` and ``pick/s``: full preference lists and first choices per second, one core.
 
+``--quick`` measures 10 edges only (the same 100,000 keys: fewer would make the balance figures
+noise); ``--json FILE`` writes steering's figures against ATC's and the targets as rows
+(loadtests/results.py). The exit status is 0 whatever the figures.
+
 The ATC scheme lives only here, as the reference; nothing in the product imports it.
 """
 
@@ -32,6 +36,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from results import Row, measured, write_rows
 
 from steering.ring import BoundedLoads, Member, Ring
 
@@ -94,7 +100,11 @@ def main() -> None:
     ap.add_argument("--catalogue", type=int, default=10_000, help="titles for the Zipf run")
     ap.add_argument("--zipf-s", type=float, default=1.0, help="Zipf exponent")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="10 edges only")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as rows here")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes = [10]
 
     rnd = random.Random(args.seed)
     keys = [
@@ -104,6 +114,7 @@ def main() -> None:
     speed_keys = keys[:20_000]
 
     rows: list[tuple[str, ...]] = []
+    figures: dict[tuple[int, str], dict[str, float]] = {}
     for n in args.sizes:
         ids = [f"edge-{i:02d}" for i in range(n)]
         gone = ids[0]
@@ -116,13 +127,17 @@ def main() -> None:
             stray = sum(b != a and b != gone for b, a in zip(before, after, strict=True))
             uniform = peak_to_mean(Counter(before), n)
             zipf_plain = peak_to_mean(Counter(ring.pick(k) for k in zipf), n)
+            fig = figures[n, name] = {"uniform": uniform, "zipf": zipf_plain}
             if isinstance(ring, Ring):
                 bl = BoundedLoads(ring, C)
                 for k in zipf:
                     bl.assign(k)
-                bounded = f"{max(bl.loads.values()) / (bl.total / n):.3f}"
+                fig["bounded"] = max(bl.loads.values()) / (bl.total / n)
+                bounded = f"{fig['bounded']:.3f}"
             else:
                 bounded = "n/a"
+            fig["moved"], fig["stray"] = moved / len(keys) * n, stray
+            fig["rank"], fig["pick"] = rate(ring.rank, speed_keys), rate(ring.pick, speed_keys)
             rows.append(
                 (
                     str(n),
@@ -130,10 +145,10 @@ def main() -> None:
                     f"{uniform:.3f}",
                     f"{zipf_plain:.3f}",
                     bounded,
-                    f"{moved / len(keys) * n:.3f}",
+                    f"{fig['moved']:.3f}",
                     str(stray),
-                    f"{rate(ring.rank, speed_keys):,.0f}",
-                    f"{rate(ring.pick, speed_keys):,.0f}",
+                    f"{fig['rank']:,.0f}",
+                    f"{fig['pick']:,.0f}",
                 )
             )
 
@@ -160,6 +175,42 @@ def main() -> None:
                 for i, (c, w) in enumerate(zip(r, widths, strict=True))
             )
         )
+    if args.json:
+        write_rows(args.json, json_rows(figures, args.sizes, len(zipf)))
+
+
+def json_rows(
+    figures: dict[tuple[int, str], dict[str, float]], sizes: list[int], requests: int
+) -> list[Row]:
+    """Steering's ring against ATC's, per site size, with the targets of the docstring."""
+    out = []
+    for n in sizes:
+        ours, atc = figures[n, "steering HRW"], figures[n, "ATC md5 x1000"]
+        # BoundedLoads caps a member at ceil(c * load * share): one unit above c * mean at most.
+        bounded_ok = ours["bounded"] <= C + n / requests
+        for key, figure, target, met in (
+            ("uniform", "peak/mean, uniform keys", "<= 1.05", ours["uniform"] <= 1.05),
+            ("zipf", "peak/mean, Zipf requests", None, None),
+            ("bounded", f"peak/mean, Zipf, bounded c={C}", f"<= {C}", bounded_ok),
+            ("moved", "keys moved / (1/N), one edge leaves", "<= 1.1", ours["moved"] <= 1.1),
+            ("stray", "stray moves", "= 0", ours["stray"] == 0),
+            ("rank", "rank (preference lists)", None, None),
+            ("pick", "pick (first choice)", None, None),
+        ):
+            speed = key in ("rank", "pick")
+            out.append(
+                measured(
+                    "ring",
+                    f"{figure}, {n} edges",
+                    ours[key],
+                    "/s" if speed else "",
+                    peer="ATC" if key in atc else None,
+                    peer_value=atc.get(key),
+                    target=target,
+                    met=met,
+                )
+            )
+    return out
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ one temporary directory. Per fleet size (``--edges``, default 10 and 50):
 
 Exit status: 0 all good, 1 errors (non-200, socket errors, wrong answers, a process died, an
 edge went down, warnings on the service's stderr). See loadtests/README.md.
+``--json FILE`` writes decisions/s, p99 and peak RSS per fleet size as rows
+(loadtests/results.py); there is no throughput target.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from bench_edge import (
     wait_http,
     wait_quiet,
 )
+from results import Row, measured, write_rows
 
 MiB = 1 << 20
 SITES = [("ams", 52.37, 4.90), ("fra", 50.11, 8.68), ("lon", 51.51, -0.13)]
@@ -387,6 +390,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--tmpdir", help="create the temporary directory here")
     ap.add_argument("--seed", type=int, default=12345, help="wrk Lua random seed")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as rows here")
     args = ap.parse_args(argv)
     if args.quick:
         args.duration = 3.0
@@ -450,6 +454,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.rss_idle / MiB:>5.0f} MiB  {r.rss_peak / MiB:>5.0f} MiB"
         )
     print("(cpu in cores; RSS peak is the steering process's VmHWM after the run)")
+    if args.json:
+        rows: list[Row] = []
+        for r in runs:
+            rows += [
+                measured("steering", f"decisions, {r.edges} edges", r.rps, "req/s"),
+                measured("steering", f"latency p99, {r.edges} edges", r.p99_ms, "ms"),
+                measured("steering", f"peak RSS, {r.edges} edges", r.rss_peak / MiB, "MiB"),
+            ]
+        write_rows(args.json, rows)
     problems = [f"{r.edges} edges: {p}" for r in runs for p in r.problems]
     errors = [p for p in problems if "WARNING" not in p]
     for p in problems:
