@@ -8,6 +8,8 @@
     python -m edge keygen KEYID >> /etc/opencdn/edge-keys
     python -m edge fill --now --config /etc/opencdn/edge.yaml     # fill now, wait, summarise
     python -m edge fill --status --config /etc/opencdn/edge.yaml  # what is left to fill
+    python -m edge drain --wait --config /etc/opencdn/edge.yaml   # drain, wait for 0 connections
+    python -m edge undrain --config /etc/opencdn/edge.yaml        # take players again
 
 Signals while serving: TERM/INT stop gracefully (drain, then exit), USR1 starts
 draining, USR2 stops draining, HUP re-reads the signing key file.
@@ -92,24 +94,30 @@ async def serve(config: EdgeConfig, *, ready: asyncio.Event | None = None) -> No
 
 
 def check_environment(config: EdgeConfig) -> tuple[list[str], list[str]]:
-    """What the file alone cannot tell: cache directories usable, sizes that fit, ports."""
+    """What the file alone cannot tell: cache directories usable, sizes that fit, ports.
+
+    A cache directory the edge cannot use is a problem only when no other one is usable:
+    the edge serves without a failed disk (and reports itself degraded), so one dead SSD
+    must not keep a restarted appliance from serving with the others.
+    """
     problems: list[str] = []
     warnings: list[str] = []
+    unusable: list[str] = []
     for i, d in enumerate(config.cache.dirs):
         key = f"cache.dirs[{i}].path"
         probe = d.path
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent  # the directory will be created below its nearest ancestor
         if d.path.exists() and not d.path.is_dir():
-            problems.append(f"{key}: {d.path} exists and is not a directory")
+            unusable.append(f"{key}: {d.path} exists and is not a directory")
             continue
         if not os.access(probe, os.W_OK | os.X_OK):
-            problems.append(f"{key}: {probe} is not writable by this user")
+            unusable.append(f"{key}: {probe} is not writable by this user")
             continue
         try:
             st = os.statvfs(probe)
         except OSError as exc:
-            problems.append(f"{key}: {probe}: {exc.strerror}")
+            unusable.append(f"{key}: {probe}: {exc.strerror}")
             continue
         total = st.f_blocks * st.f_frsize
         if d.size > total:
@@ -129,17 +137,29 @@ def check_environment(config: EdgeConfig) -> tuple[list[str], list[str]]:
         )
     ):
         problems.append(f"admin.listen: {admin} collides with listen {config.listen}")
+    if len(unusable) == len(config.cache.dirs):
+        problems[:0] = unusable
+    else:
+        warnings += [
+            f"{u}; the edge serves without this disk (health: degraded, disk_failed)"
+            for u in unusable
+        ]
     return problems, warnings
 
 
-def _admin_call(config: EdgeConfig, method: str, path: str) -> tuple[int, dict[str, Any]]:
-    """One request to the running edge's admin API (stdlib only: the CLI has no loop)."""
+def _admin_base(config: EdgeConfig) -> str:
+    """The running edge's admin API, as this host reaches it."""
     admin = config.admin.listen
     if admin is None:
         raise OSError("the admin API is disabled (admin.listen: null)")
     host = admin.host if admin.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
-    req = urllib.request.Request(f"http://{host}:{admin.port}{path}", method=method)
+    return f"http://{host}:{admin.port}"
+
+
+def _admin_call(config: EdgeConfig, method: str, path: str) -> tuple[int, dict[str, Any]]:
+    """One request to the running edge's admin API (stdlib only: the CLI has no loop)."""
+    req = urllib.request.Request(_admin_base(config) + path, method=method)
     if config.admin.credential_file is not None:
         token = read_credential_file(config.admin.credential_file)
         req.add_header("Authorization", f"Bearer {token}")
@@ -149,6 +169,18 @@ def _admin_call(config: EdgeConfig, method: str, path: str) -> tuple[int, dict[s
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace").strip()
         return exc.code, {"error": body}
+
+
+def _metrics(config: EdgeConfig) -> dict[str, float]:
+    """The running edge's /metrics samples (admin API, no credential): name{labels} -> value."""
+    with urllib.request.urlopen(_admin_base(config) + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
 
 
 def _summary(st: dict[str, Any]) -> str:
@@ -206,6 +238,50 @@ def fill_command(config: EdgeConfig, args: argparse.Namespace) -> int:
         return 1
 
 
+def drain_command(config: EdgeConfig, args: argparse.Namespace) -> int:
+    """``drain [--wait]`` / ``undrain``: the admin API's drain switch, from the command line."""
+    try:
+        if args.command == "undrain":
+            code, st = _admin_call(config, "POST", "/admin/undrain")
+            if code != 200:
+                print(f"error: status {code}: {st.get('error', '')}", file=sys.stderr)
+                return 1
+            print(f"undrained: health {st.get('state')}")
+            return 0
+        code, st = _admin_call(config, "POST", "/admin/drain")
+        if code != 200:
+            print(f"error: status {code}: {st.get('error', '')}", file=sys.stderr)
+            return 1
+        print("draining: new requests get 503 with Retry-After, steering sends no new players")
+        if not args.wait:
+            return 0
+        # Players finish their requests and reconnect elsewhere; keep-alive connections close
+        # at their next request (answered 503, Connection: close) or after limits.idle_timeout.
+        deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+        last = None
+        while True:
+            samples = _metrics(config)
+            if samples.get('edge_health_state{state="draining"}') != 1.0:
+                print(
+                    "error: the edge is no longer draining (undrained meanwhile?)", file=sys.stderr
+                )
+                return 1
+            conns = int(samples.get("edge_connections_open", 0.0))
+            if conns == 0:
+                print("drained: no client connections open")
+                return 0
+            if conns != last:
+                print(f"{conns} client connections open", flush=True)
+                last = conns
+            if deadline is not None and time.monotonic() > deadline:
+                print(f"timed out: {conns} client connections still open", file=sys.stderr)
+                return 1
+            time.sleep(args.interval)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot reach the edge's admin API: {exc}", file=sys.stderr)
+        return 1
+
+
 def _reload(edge: object) -> None:
     edge.key_mtime = 0.0  # type: ignore[attr-defined]
     edge.reload_keys()  # type: ignore[attr-defined]
@@ -246,6 +322,22 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=0.0, help="with --now: give up waiting after SECS"
     )
 
+    p_drain = sub.add_parser(
+        "drain", help="stop taking players (running edge), optionally wait for 0 connections"
+    )
+    add_config_arguments(p_drain)
+    p_drain.add_argument(
+        "--wait", action="store_true", help="wait until no client connection is open"
+    )
+    p_drain.add_argument(
+        "--timeout", type=float, default=0.0, help="with --wait: give up after SECS (0: never)"
+    )
+    p_drain.add_argument(
+        "--interval", type=float, default=0.5, help="with --wait: seconds between checks"
+    )
+    p_undrain = sub.add_parser("undrain", help="take players again after a drain")
+    add_config_arguments(p_undrain)
+
     args = parser.parse_args(argv)
     if args.command == "keygen":
         try:
@@ -254,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
-    if args.command in ("sign", "fill") and not args.upstream:
+    if args.command in ("sign", "fill", "drain", "undrain") and not args.upstream:
         # Signing needs only the keys (and the listen address for the URL); an upstream
         # is required to serve, not to sign, so do not insist on one here.
         args.upstream = ["http://upstream.unused.invalid"]
@@ -301,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "fill":
         return fill_command(config, args)
+    if args.command in ("drain", "undrain"):
+        return drain_command(config, args)
 
     setup_logging(config.log.level)
     try:
