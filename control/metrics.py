@@ -53,6 +53,9 @@ feed answered), ``control_fill_feed_compute_seconds`` (how long the last popular
 took), ``control_media_files_wanted`` (media keys whose manifest.json is still to be read, after
 the last round of reads).
 
+A counter without labels is exposed as 0 before its first count; a labelled one has a series
+for each label set counted so far.
+
 Several workers (``workers: N``): each process counts its own requests, and every second
 writes a snapshot of its series to a directory the parent made; ``/metrics``, whichever worker
 answers it, sums every worker's latest snapshot (gauges: the largest), so a scrape sees the
@@ -204,7 +207,12 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Any]:
         for name, (help_text, labels) in COUNTERS.items():
             c = CounterMetricFamily(name, help_text, labels=list(labels))
-            for values, n in sorted(self.m.counters[name].items()):
+            series = self.m.counters[name]
+            if not labels and not series:
+                # A counter without labels is 0 until counted, not absent: rate() and
+                # increase() over it work from the first scrape.
+                series = {(): 0}
+            for values, n in sorted(series.items()):
                 c.add_metric(list(values), n)
             yield c
         h = HistogramMetricFamily(

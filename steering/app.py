@@ -25,7 +25,10 @@ Metrics (``/metrics``, Prometheus):
 
 - ``steering_decisions_total{outcome}``: answers by outcome (local, fallback, origin, none).
 - ``steering_decision_seconds``: histogram of the time to compute an answer.
-- ``steering_edges{state}``: edges by health state.
+- ``steering_edges{state}``: edges by health state (unknown, up, degraded, overloaded,
+  draining, down).
+- ``steering_site_usable_edges{site}``: for each site with edges, those players are sent
+  to now (any state but down and draining); 0 means the site's players go to other sites.
 - ``steering_transitions_total``: edge health transitions.
 - ``steering_fill_feed_reads_total{site,result}``: popularity feed reads by result (ok,
   unreachable, http_error, malformed, credential).
@@ -282,6 +285,14 @@ class _Collector(Collector):
         for k, v in sorted(self.s.fleet.counts.items()):
             g.add_metric([k], v)
         yield g
+        g = GaugeMetricFamily(
+            "steering_site_usable_edges",
+            "Edges of the site players are sent to now (not down or draining)",
+            labels=["site"],
+        )
+        for site, ids in sorted(self.s.site_edges.items()):
+            g.add_metric([site], sum(1 for e in ids if self.s.fleet.usable(e)))
+        yield g
         yield CounterMetricFamily(
             "steering_transitions", "Edge health transitions", value=self.s.transitions
         )
@@ -431,12 +442,23 @@ async def _prober(s: Steering, session: aiohttp.ClientSession, edge_id: str) -> 
             return
         try:
             async with session.get(edge.url + "/healthz") as r:
-                ok = r.status == 200
+                # A draining edge answers 503 {"state": "draining"}: it is alive, and its
+                # heartbeat already says it is draining (FleetHealth.probe_result). Counting
+                # that as a failed probe turned every drained edge DOWN after fail_after probes.
+                ok = r.status == 200 or (r.status == 503 and await _says_draining(r))
                 detail = f"status {r.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             ok, detail = False, str(exc) or type(exc).__name__
         s.fleet.probe_result(edge.id, ok, detail)
         await asyncio.sleep(s.config.probe_interval)
+
+
+async def _says_draining(r: aiohttp.ClientResponse) -> bool:
+    try:
+        doc = json.loads(await r.content.read(4096))
+    except (ValueError, aiohttp.ClientError):
+        return False
+    return isinstance(doc, dict) and doc.get("state") == "draining"
 
 
 # -- handlers -----------------------------------------------------------------------------------

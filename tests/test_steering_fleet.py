@@ -60,6 +60,18 @@ async def test_edge_heartbeats_drive_steering_answers(tmp_path: Path, origin_dir
                     if not (await r.json())["edges"]:
                         break
                 await asyncio.sleep(0.02)
+        # The prober keeps asking a draining edge's /healthz, which answers 503 {"state":
+        # "draining"}: that is a live edge, never a failed probe that would make it DOWN.
+        probes = 0
+        (h,) = s.fleet.snapshot()
+        last = h.last_probe
+        async with asyncio.timeout(10):
+            while probes < 5:
+                await asyncio.sleep(0.05)
+                (h,) = s.fleet.snapshot()
+                if h.last_probe != last:
+                    probes, last = probes + 1, h.last_probe
+                    assert h.state.name == "DRAINING", h
         async with client.get(steering_url + "/fleet") as r:
             (row,) = (await r.json())["edges"]
         assert row["state"] == "draining" and row["last_heartbeat_age"] is not None
