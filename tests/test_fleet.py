@@ -30,18 +30,7 @@ from fleet.run import Fleet, FleetError, Interrupted, status
 from fleet.services import SECRETS, Layout, banner, format_status, services
 
 from .conftest import ROOT, subprocess_env
-
-FLEET_YAML = ROOT / "conf" / "fleet.yaml"
-# A short, small sample: the ingest dominates the first start.
-SMALL_SAMPLE = (
-    "sample.duration=4",
-    "sample.size=320x180",
-    "sample.fps=15",
-    "sample.preset=ultrafast",
-    "sample.segment_seconds=2",
-    "sample.ladder=[{name: 180p, height: 180, video_kbps: 300, audio_kbps: 64}]",
-)
-
+from .fleet_process import FLEET_YAML, SMALL_SAMPLE, FleetProcess, free_ports
 
 # -- the description -------------------------------------------------------------------------
 
@@ -413,92 +402,6 @@ def test_status_does_not_trust_a_stale_pid(tmp_path: Path) -> None:
 
 
 # -- the real fleet --------------------------------------------------------------------------
-
-
-class FleetProcess:
-    """``python -m fleet run`` as a subprocess; stdout and stderr read line by line."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._changed = asyncio.Event()
-        self._eof = 0
-        assert proc.stdout is not None and proc.stderr is not None
-        loop = asyncio.get_running_loop()
-        self._pumps = [
-            loop.create_task(self._pump(proc.stdout, self.out)),
-            loop.create_task(self._pump(proc.stderr, self.err)),
-        ]
-
-    @classmethod
-    async def start(cls, cwd: Path, *args: str) -> FleetProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "fleet", "run", "--config", str(FLEET_YAML), *args,
-            env=subprocess_env(), cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        return cls(proc)
-
-    async def _pump(self, stream: asyncio.StreamReader, into: list[str]) -> None:
-        async for raw in stream:
-            into.append(raw.decode(errors="replace").rstrip("\n"))
-            self._changed.set()
-        self._eof += 1
-        self._changed.set()
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.out) + "\n--- stderr ---\n" + "\n".join(self.err)
-
-    async def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        """The first stdout line matching ``pattern``."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    self._changed.clear()
-                    for line in self.out:
-                        if m := re.search(pattern, line):
-                            return m
-                    if self._eof == 2:
-                        raise AssertionError(f"fleet exited before {pattern!r}:\n{self.text}")
-                    await self._changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.text}") from None
-
-    async def exit_code(self, timeout: float) -> int:
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.gather(*self._pumps)
-        return code
-
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-        await asyncio.gather(*self._pumps)
-
-
-def free_ports() -> list[str]:
-    """--set overrides giving every service a free port on its own address."""
-    wanted = [
-        ("origin.listen", "127.0.0.1"),
-        ("control.listen", "127.0.0.1"),
-        ("steering.listen", "127.0.0.1"),
-    ]
-    for i, host in ((1, "127.0.0.11"), (2, "127.0.0.12"), (3, "127.0.0.13")):
-        wanted += [(f"edges.e{i}.listen", host), (f"edges.e{i}.admin", host)]
-    socks = []
-    out = []
-    try:
-        for key, host in wanted:  # all held until all are chosen: no port handed out twice
-            s = socket.socket()
-            socks.append(s)
-            s.bind((host, 0))
-            out.append(f"{key}={host}:{s.getsockname()[1]}")
-    finally:
-        for s in socks:
-            s.close()
-    return out
 
 
 def processes_mentioning(text: str) -> list[str]:
