@@ -468,4 +468,8 @@ async def _stats(request: web.Request) -> web.Response:
     h = edge.health()
     snap["health"] = {"state": h.state, "reasons": list(h.reasons)}
     snap["requests"] = {str(k): v for k, v in edge.stats.requests.items()}
+    fill = snap.get("fill")
+    if fill is not None:
+        # Keyed by (source, result) tuples, which JSON cannot encode: "peer:ok".
+        fill["objects"] = {f"{s}:{r}": n for (s, r), n in sorted(fill["objects"].items())}
     return web.json_response(snap)

@@ -367,6 +367,11 @@ async def test_two_edges_of_a_site_peer_fill_before_origin(
     assert e2.counter("edge_fill_manifest_objects") == 2
     assert e2.counter("edge_fill_pending_objects") == 0
     assert e2.counter("edge_fill_running") == 0
+    # GET /admin/stats after a fill (its per-object counters were tuple-keyed: a 500).
+    async with client.get(e2.admin + "/admin/stats") as r:
+        assert r.status == 200, await r.text()
+        fill = (await r.json())["fill"]
+    assert fill["objects"]["peer:ok"] == 1 and fill["bytes"]["peer"] == len(shared)
 
 
 async def test_parent_is_asked_after_peers_and_before_origin(
