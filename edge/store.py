@@ -41,6 +41,9 @@ _PREFIX = struct.Struct("<4sI")  # magic, header length
 _HEX = frozenset("0123456789abcdef")
 PINS_FILE = "pinned.keys"
 LOCK_FILE = ".lock"
+# The slice size the directory's slices were cut with. Slices are named by (path, index),
+# so slices cut at another size would be served as wrong bytes at the right offsets.
+LAYOUT_FILE = "layout.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +139,27 @@ class Disk:
         u = (xxhash.xxh64_intdigest(key.to_bytes(8, "little"), seed=self.seed) + 1) / 2.0**64
         return -self.weight / math.log(u) if u < 1.0 else math.inf
 
-    def rebuild(self) -> tuple[int, int]:
+    def rebuild(self, slice_size: int) -> tuple[int, int]:
         """Index every complete slice file; remove temporaries and strangers.
 
         Returns (objects indexed, files removed). Recency is approximated by
-        modification time (the order slices were filled or last refreshed).
+        modification time (the order slices were filled or last refreshed). Slices cut
+        at another slice size than ``slice_size`` are all removed (``LAYOUT_FILE``).
         """
         self.root.mkdir(parents=True, exist_ok=True)
         self.lock()
+        recorded = self._recorded_slice_size()
+        # No record: a cache from before the record existed, cut at the configured size.
+        reset = recorded is not None and recorded != slice_size
+        if reset:
+            log.warning(
+                "event=cache_reset dir=%s reason=slice_size recorded=%s configured=%d",
+                self.root,
+                recorded,
+                slice_size,
+            )
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.root / PINS_FILE)
         found: list[tuple[float, int, int]] = []
         removed = 0
         # Only our own two-level fan-out is walked: anything else under the root (a
@@ -159,7 +175,8 @@ class Disk:
                     name = f.name
                     try:
                         if (
-                            len(name) == 16
+                            not reset
+                            and len(name) == 16
                             and _HEX.issuperset(name)
                             and name[0:2] == top.name
                             and name[2:4] == sub.name
@@ -174,6 +191,9 @@ class Disk:
                         continue
                     # partial writes from a crash (*.tmp) and anything else in our fan-out
                     removed += _unlink(f.path)
+        # Recorded after the sweep: a crash during a reset sweeps again at the next start.
+        if recorded != slice_size:
+            write_atomic(self.root / LAYOUT_FILE, json.dumps({"slice_size": slice_size}).encode())
         found.sort()
         for _, key, size in found:
             self.index.insert(key, size)
@@ -185,6 +205,20 @@ class Disk:
         for key, _size in victims:
             removed += _unlink(self.file_path(key))
         return len(self.index), removed
+
+    def _recorded_slice_size(self) -> int | str | None:
+        """The recorded slice size; None if there is no record, a string if it is unreadable
+        (which also resets: nothing says how the slices were cut)."""
+        try:
+            doc = json.loads((self.root / LAYOUT_FILE).read_bytes())
+            size = doc["slice_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                raise ValueError(f"slice_size {size!r}")
+            return size
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"unreadable({exc})"
 
     def lock(self) -> None:
         """Take the directory's lock for this process's lifetime (released on exit)."""
@@ -379,7 +413,7 @@ class SliceStore:
         total = removed = 0
         for disk in self.disks:
             try:
-                n, r = disk.rebuild()
+                n, r = disk.rebuild(self.slice_size)
             except OSError as exc:
                 # Not a directory, not creatable, unreadable: serve without this disk.
                 self._disk_error(disk, exc)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
-from edge.store import PINS_FILE, ObjectMeta, SliceStore, slice_key
+import pytest
+
+from edge.store import LAYOUT_FILE, PINS_FILE, ObjectMeta, SliceStore, slice_key
 
 MiB = 1024 * 1024
 META = ObjectMeta(size=4 * 40, etag='"e"', last_modified=0, content_type="video/mp4")
@@ -60,3 +63,51 @@ async def test_a_clean_store_does_not_rewrite_its_pins(tmp_path: Path) -> None:
     await store.flush_pins_async()  # nothing changed since: nothing written
     assert not files[0].exists()
     store.close()
+
+
+def test_slices_cut_at_another_slice_size_are_swept(tmp_path: Path) -> None:
+    store = store_on(tmp_path)
+    for i in range(20):
+        insert(store, "/v/t/seg.m4s", i, pinned=i < 5)
+    store.flush_pins()
+    store.close()
+
+    same = store_on(tmp_path)  # the same size: everything kept, pins too
+    assert same.objects == 20 and same.pinned_bytes > 0
+    same.close()
+
+    other = SliceStore([(tmp_path / "d0", 64 * MiB), (tmp_path / "d1", 64 * MiB)], slice_size=64)
+    assert other.rebuild() == (0, 20)
+    assert other.objects == 0 and other.pinned_bytes == 0
+    for d in other.disks:
+        assert json.loads((d.root / LAYOUT_FILE).read_text()) == {"slice_size": 64}
+        assert not (d.root / PINS_FILE).exists()
+    other.close()
+
+
+@pytest.mark.parametrize(
+    "record, kept",
+    [
+        (None, True),  # a cache from before the record: cut at the configured size
+        ('{"slice_size": 40}', True),
+        ('{"slice_size": 41}', False),
+        ('{"slice_size": "40"}', False),  # unreadable: nothing says how slices were cut
+        ("{not json", False),
+        ("[]", False),
+    ],
+)
+def test_the_layout_record(tmp_path: Path, record: str | None, kept: bool) -> None:
+    store = store_on(tmp_path)
+    for i in range(6):
+        insert(store, "/v/t/seg.m4s", i, pinned=False)
+    store.close()
+    for d in store.disks:
+        if record is None:
+            (d.root / LAYOUT_FILE).unlink()
+        else:
+            (d.root / LAYOUT_FILE).write_text(record)
+    again = store_on(tmp_path)
+    assert again.objects == (6 if kept else 0)
+    for d in again.disks:
+        assert json.loads((d.root / LAYOUT_FILE).read_text()) == {"slice_size": 40}
+    again.close()

@@ -123,6 +123,39 @@ async def test_replacing_a_disk_keeps_the_other_disks_objects(
         await edge.stop()
 
 
+async def test_changing_the_slice_size_empties_the_cache_rather_than_serve_wrong_bytes(
+    origin_dir: Path, tmp_path: Path, client
+):
+    """Slices are named by (path, index): cut at 64 KiB, index 2 holds bytes 128-192 KiB; at
+    128 KiB it would be read as bytes 256-384 KiB. A changed cache.slice_size sweeps them."""
+    import dataclasses
+
+    config = edge_config(tmp_path, [f"file://{origin_dir}"], cache_dirs=2, slice_size=SLICE)
+    objs = objects(origin_dir)
+    edge = await start_edge(config)
+    try:
+        assert set((await fetch_all(edge, client, objs)).values()) == {"MISS"}
+    finally:
+        await edge.stop()
+
+    bigger = dataclasses.replace(
+        config, cache=dataclasses.replace(config.cache, slice_size=2 * SLICE)
+    )
+    edge = await start_edge(bigger)
+    try:
+        assert edge.counter("edge_cache_objects") == 0
+        # Every body is the origin's (fetch_all compares them), fetched again.
+        assert set((await fetch_all(edge, client, objs)).values()) == {"MISS"}
+        assert edge.counter("edge_upstream_fetches_total") == 24 + 2 * 3
+        status, headers, body = await edge.get(
+            client, "/v/big0/single.mp4", headers={"Range": f"bytes={4 * SLICE}-{5 * SLICE}"}
+        )
+        assert (status, headers["X-Cache"]) == (206, "HIT")
+        assert body == objs["/v/big0/single.mp4"][4 * SLICE : 5 * SLICE + 1]
+    finally:
+        await edge.stop()
+
+
 async def test_a_disk_failing_while_serving_is_taken_out_of_service(
     origin_dir: Path, tmp_path: Path, client
 ):
