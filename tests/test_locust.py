@@ -1,0 +1,653 @@
+"""The locust load tests (loadtests/locustfiles/): their pure parts by tables, and a smoke-sized
+headless run of each locustfile against a real local fleet.
+
+Locust monkey-patches the process with gevent when imported, so it never is here: the pure
+modules (thresholds.py, workload.py) import neither locust nor gevent, and every run is a
+``locust`` subprocess. One fleet serves the whole module; the runs start together when the
+fleet is ready and each test waits for its own run's exit, so the module costs one fleet
+start plus its longest run. Failures: any failed request fails a run (``--exit-code-on-error
+1``), and each run's CSV must show every request name it should, with no failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import os
+import random
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from loadtests.locustfiles import thresholds as th
+from loadtests.locustfiles import workload as wl
+
+from .conftest import ROOT
+from .fleet_process import started_fleet
+
+LOCUST = Path(sys.executable).with_name("locust")
+LOCUSTFILES = ROOT / "loadtests" / "locustfiles"
+
+
+# -- thresholds ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("", {}),
+        ("GET segment=800", {"GET segment": 800.0}),
+        (
+            "GET segment=800, POST /v1/playback=300 ,",
+            {"GET segment": 800.0, "POST /v1/playback": 300.0},
+        ),
+        ("GET  /v1/titles/{id}=1.5", {"GET /v1/titles/{id}": 1.5}),
+        ("POST /v1/sessions=off", {"POST /v1/sessions": None}),
+        ("PLAY startup=0", {"PLAY startup": 0.0}),
+    ],
+)
+def test_p95_spec(spec: str, expected: dict[str, float | None]) -> None:
+    assert th.parse_p95(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("GET segment", "expected NAME=MILLISECONDS"),
+        ("=800", "expected NAME=MILLISECONDS"),
+        ("GET segment=fast", "'fast' is not milliseconds or 'off'"),
+        ("GET segment=-1", "must be a number of milliseconds >= 0"),
+        ("GET segment=nan", "must be a number of milliseconds >= 0"),
+        ("GET segment=1,GET segment=2", "'GET segment' is given twice"),
+    ],
+)
+def test_p95_spec_errors(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        th.parse_p95(spec)
+
+
+def row(name: str, requests: int = 100, failures: int = 0, p95: float = 10, method: str = "GET"):
+    return th.Row(method, name, requests, failures, p95)
+
+
+@pytest.mark.parametrize(
+    ("rows", "t", "expected"),
+    [
+        ([row("GET segment")], th.Thresholds(), []),
+        ([], th.Thresholds(), ["the run made no request at all"]),
+        ([row("GET segment", requests=0)], th.Thresholds(), ["the run made no request at all"]),
+        # 1 of 100 is 1.00%: at the limit, not above it.
+        ([row("a", failures=1)], th.Thresholds(max_error_rate=1), []),
+        # Rate-limited sign-ins are waits, not work: neither requests nor errors.
+        (
+            [row("POST /v1/sessions (429 rate limited)", requests=3, method="POST")],
+            th.Thresholds(),
+            ["the run made no request at all (3 sign-in attempts were rate limited)"],
+        ),
+        (
+            [row("a", failures=1), row("POST /v1/sessions (429 rate limited)", requests=900)],
+            th.Thresholds(max_error_rate=0.5),
+            ["error rate 1.00% (1 of 100 requests) is above --max-error-rate 0.5%"],
+        ),
+        (
+            [row("a", failures=2), row("b", requests=100)],
+            th.Thresholds(max_error_rate=0.5),
+            ["error rate 1.00% (2 of 200 requests) is above --max-error-rate 0.5%"],
+        ),
+        (
+            [row("GET segment", p95=2100)],
+            th.Thresholds(),
+            ["p95 of 'GET segment' (GET) is 2100 ms, above 2000 ms (--p95-default; 100 requests)"],
+        ),
+        ([row("GET segment", p95=2100)], th.Thresholds(p95_default_ms=None), []),
+        (
+            [row("GET segment", p95=900), row("GET playlist", p95=900)],
+            th.Thresholds(p95_ms={"GET segment": 800}),
+            [
+                "p95 of 'GET segment' (GET) is 900 ms, above 800 ms (--p95 GET segment; 100 requests)"
+            ],
+        ),
+        # "METHOD name" matches an entry named by its path alone.
+        (
+            [row("/v1/search", p95=50)],
+            th.Thresholds(p95_ms={"GET /v1/search": 0}),
+            ["p95 of '/v1/search' (GET) is 50 ms, above 0 ms (--p95 GET /v1/search; 100 requests)"],
+        ),
+        (
+            [row("POST /v1/sessions", p95=5000)],
+            th.Thresholds(p95_ms={"POST /v1/sessions": None}),
+            [],
+        ),
+        (
+            [row("GET segment")],
+            th.Thresholds(p95_ms={"GET segmnt": 100}),
+            ["p95 of 'GET segmnt': no request of that name was made (a typo?)"],
+        ),
+        (
+            [row("GET b", p95=3000, failures=50), row("GET a", p95=2500)],
+            th.Thresholds(),
+            [
+                "error rate 25.00% (50 of 200 requests) is above --max-error-rate 1%",
+                "p95 of 'GET a' (GET) is 2500 ms, above 2000 ms (--p95-default; 100 requests)",
+                "p95 of 'GET b' (GET) is 3000 ms, above 2000 ms (--p95-default; 100 requests)",
+            ],
+        ),
+    ],
+)
+def test_thresholds(rows: list[th.Row], t: th.Thresholds, expected: list[str]) -> None:
+    assert th.evaluate(rows, t) == expected
+
+
+# -- the workload's arithmetic ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "alpha"), [(1, 0.8), (5, 0.0), (100, 0.8), (1000, 1.0)])
+def test_zipf_probabilities(n: int, alpha: float) -> None:
+    z = wl.Zipf(n, alpha)
+    p = [z.probability(r) for r in range(n)]
+    assert sum(p) == pytest.approx(1.0)
+    harmonic = sum(1 / (r + 1) ** alpha for r in range(n))
+    assert p[0] == pytest.approx(1 / harmonic)
+    assert all(a >= b for a, b in itertools.pairwise(p))  # popularity falls with rank
+    if alpha == 0:
+        assert p == pytest.approx([1 / n] * n)
+
+
+def test_zipf_draws_follow_the_law() -> None:
+    z = wl.Zipf(50, 1.0)
+    rng = random.Random(7)
+    draws = [z.pick(rng) for _ in range(40_000)]
+    assert min(draws) >= 0 and max(draws) < 50
+    for rank in (0, 1, 9):
+        share = draws.count(rank) / len(draws)
+        assert share == pytest.approx(z.probability(rank), abs=0.01), rank
+
+
+@pytest.mark.parametrize(("n", "alpha"), [(0, 1.0), (3, -0.5), (3, float("inf"))])
+def test_zipf_refuses(n: int, alpha: float) -> None:
+    with pytest.raises(ValueError):
+        wl.Zipf(n, alpha)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("steer=5,search=2", {"steer": 5.0, "search": 2.0}),
+        (" steer = 1 , fleet=0 ", {"steer": 1.0, "fleet": 0.0}),
+    ],
+)
+def test_mix(spec: str, expected: dict[str, float]) -> None:
+    assert wl.parse_mix(spec, ("steer", "search", "fleet")) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("steer", "expected NAME=WEIGHT"),
+        ("stear=1", "unknown operation 'stear'"),
+        ("steer=x", "'x' is not a number"),
+        ("steer=-1", "a weight must be a number >= 0"),
+        ("steer=1,steer=2", "'steer' is given twice"),
+        ("steer=0", "no operation has a weight above 0"),
+        ("", "no operation has a weight above 0"),
+    ],
+)
+def test_mix_errors(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        wl.parse_mix(spec, ("steer", "search"))
+
+
+def test_weighted_choice_follows_the_weights() -> None:
+    w = wl.Weighted({"a": 3.0, "b": 1.0, "never": 0.0})
+    rng = random.Random(3)
+    picks = [w.pick(rng) for _ in range(20_000)]
+    assert "never" not in picks
+    assert picks.count("a") / len(picks) == pytest.approx(0.75, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0", (0.0, 0.0)), ("2", (2.0, 2.0)), ("1-5", (1.0, 5.0)), (" 0.5-0.5 ", (0.5, 0.5))],
+)
+def test_seconds_range(text: str, expected: tuple[float, float]) -> None:
+    assert wl.parse_seconds_range(text, "--think-time") == expected
+
+
+@pytest.mark.parametrize("text", ["", "a", "5-1", "-1", "1-x", "inf"])
+def test_seconds_range_errors(text: str) -> None:
+    with pytest.raises(ValueError, match="--think-time"):
+        wl.parse_seconds_range(text, "--think-time")
+
+
+def test_accounts_file() -> None:
+    text = "email,password\n# the test accounts\na@x.test, pw-1,with,commas\n\nB@x.test,pw2\n"
+    assert wl.parse_accounts(text, "acc.csv") == [
+        ("a@x.test", "pw-1,with,commas"),
+        ("B@x.test", "pw2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a@x.test\n", "acc.csv:1: expected 'email,password'"),
+        ("a@x.test,pw\nnobody,pw\n", "acc.csv:2: 'nobody' is not an e-mail address"),
+        ("a@x.test,pw\nA@X.test,other\n", "acc.csv:2: 'A@X.test' is listed twice"),
+        ("# nothing\n", "acc.csv: no accounts in it"),
+        ("a@x.test,\n", "acc.csv:1: expected"),
+    ],
+)
+def test_accounts_file_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        wl.parse_accounts(text, "acc.csv")
+    assert str(exc.value).startswith(message)
+    assert "pw" not in str(exc.value).replace("password", "")  # passwords are never quoted
+
+
+def test_paths_file() -> None:
+    text = "/v/t1/240p/seg00001.m4s 1234\n# comment\n/v/t_2/audio/init.mp4\n"
+    assert wl.parse_paths(text, "p.txt") == [
+        ("/v/t1/240p/seg00001.m4s", 1234),
+        ("/v/t_2/audio/init.mp4", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("/x/t1/a.m4s\n", "p.txt:1: expected '/v/<title>/<file> [size]'"),
+        ("/v/t1/a.m4s ten\n", "p.txt:1: size 'ten' is not a number of bytes"),
+        ("/v/t1/a.m4s 1 2\n", "p.txt:1: expected"),
+        ("/v/t1/../x/a.m4s\n", "p.txt:1: expected"),
+        ("/v/t1/a.m4s?x=1\n", "p.txt:1: expected"),
+        ("", "p.txt: no paths in it"),
+    ],
+)
+def test_paths_file_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as exc:
+        wl.parse_paths(text, "p.txt")
+    assert str(exc.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("n", "count"), [(10, 1), (10, 3), (2, 4), (0, 2)]
+)  # every item in exactly one share
+def test_shards_partition(n: int, count: int) -> None:
+    items = list(range(n))
+    shares = [wl.shard(items, i, count) for i in range(count)]
+    assert sorted(x for s in shares for x in s) == items
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+@pytest.mark.parametrize(("index", "count"), [(1, 1), (-1, 2), (0, 0)])
+def test_shard_refuses(index: int, count: int) -> None:
+    with pytest.raises(ValueError):
+        wl.shard([1, 2], index, count)
+
+
+@pytest.mark.parametrize(
+    ("streams", "count", "shares"),
+    [(4, 1, [4]), (4, 2, [2, 2]), (4, 3, [2, 1, 1]), (4, 4, [1, 1, 1, 1]), (2, 3, [1, 1, 0])],
+)
+def test_streams_share_keeps_the_plan_s_limit(streams: int, count: int, shares: list[int]) -> None:
+    assert [wl.streams_share(streams, i, count) for i in range(count)] == shares
+
+
+@pytest.mark.parametrize(
+    ("kbps", "expected"),
+    [(3000, 2), (2500, 2), (1300, 1), (900, 0), (920, 0), (921, 1), (100, 0), (10_000, 2)],
+)
+def test_closest_variant(kbps: float, expected: int) -> None:
+    # The local fleet's ladder (518, 1322 and 2525 kbit/s). 920 is as far from 518 as from
+    # 1322: a tie goes to the lower one.
+    assert wl.closest_variant([518_000, 1_322_000, 2_525_000], kbps) == expected
+
+
+@pytest.mark.parametrize(
+    ("level", "buffer", "segment", "speed", "wait"),
+    [
+        (0.0, 30, 4, 1, 0.0),  # empty buffer: at once
+        (26.0, 30, 4, 1, 0.0),  # exactly room for one more segment
+        (30.0, 30, 4, 1, 4.0),  # full: one segment's playout time
+        (30.0, 30, 4, 4, 1.0),  # at 4x a segment drains in a quarter of its duration
+        (2.0, 2, 4, 1, 2.0),  # a buffer below one segment: wait until it is empty
+        (10.0, 30, 2, 0.5, 0.0),
+    ],
+)
+def test_pacing(level: float, buffer: float, segment: float, speed: float, wait: float) -> None:
+    assert wl.fetch_wait(level, buffer, segment, speed) == pytest.approx(wait)
+
+
+def test_pacing_consumes_the_bitrate() -> None:
+    """Once the buffer is full, a viewer fetching as fetch_wait says gets one segment per
+    segment duration / speed: it downloads what it plays, at the variant's bitrate x speed."""
+    speed, segment, buffer = 2.0, 4.0, 12.0
+    now, level, fetches = 0.0, 0.0, []
+    for _ in range(20):
+        wait = wl.fetch_wait(level, buffer, segment, speed)
+        now += wait
+        level = max(0.0, level - wait * speed) + segment  # instant downloads
+        fetches.append(now)
+    gaps = [b - a for a, b in itertools.pairwise(fetches[5:])]
+    assert gaps == pytest.approx([segment / speed] * len(gaps))
+
+
+@pytest.mark.parametrize(
+    ("asked", "cap", "every"), [(40.0, 0.0, 40.0), (40.0, 1.0, 1.0), (10.0, 60.0, 10.0)]
+)
+def test_heartbeat_interval(asked: float, cap: float, every: float) -> None:
+    assert wl.heartbeat_every(asked, cap) == every
+
+
+@pytest.mark.parametrize(
+    ("size", "n", "expected"),
+    [(None, 100, (0, 99)), (50, 100, (0, 49)), (100, 100, (0, 99)), (1, 1, (0, 0))],
+)
+def test_range_fixed(size: int | None, n: int, expected: tuple[int, int]) -> None:
+    assert wl.random_range(size, n, random.Random(1)) == expected
+
+
+def test_range_random_inside_the_object() -> None:
+    rng = random.Random(5)
+    for _ in range(1000):
+        start, end = wl.random_range(1000, 64, rng)
+        assert start >= 0 and end <= 999 and end - start + 1 == 64
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "end", "size", "body", "problem"),
+    [
+        ("bytes 0-99/1000", 0, 99, 1000, 100, None),
+        ("bytes 0-49/50", 0, 99, None, 50, None),  # a short object ends the range early
+        ("bytes 10-19/*", 10, 19, None, 10, None),
+        (None, 0, 99, 1000, 100, "Content-Range None is not 'bytes a-b/size'"),
+        ("bytes 1-100/1000", 0, 99, 1000, 100, "Content-Range 1-100 is not the asked 0-99"),
+        ("bytes 0-99/999", 0, 99, 1000, 100, "Content-Range total 999 is not the object's"),
+        ("bytes 0-99/1000", 0, 99, 1000, 98, "body of 98 bytes for a range of 100"),
+    ],
+)
+def test_content_range(
+    header: str | None, start: int, end: int, size: int | None, body: int, problem: str | None
+) -> None:
+    found = wl.check_content_range(header, start, end, size, body)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem)
+
+
+def test_random_address_is_a_host_of_the_networks() -> None:
+    import ipaddress
+
+    nets = ["127.0.3.0/24", "2001:db8::/126", "198.51.100.7/32"]
+    rng = random.Random(2)
+    for _ in range(300):
+        a = ipaddress.ip_address(wl.random_address(rng, nets))
+        net = next(n for n in map(ipaddress.ip_network, nets) if a in n)
+        if net.prefixlen == 24:
+            assert a not in (net.network_address, net.broadcast_address)
+
+
+def test_cold_walk_asks_each_object_once_per_pass() -> None:
+    walk = wl.ColdWalk(list("abcde"), random.Random(4))
+    first = [walk.next() for _ in range(5)]
+    assert sorted(first) == list("abcde") and walk.exhausted and walk.passes == 1
+    assert sorted(walk.next() for _ in range(5)) == list("abcde") and walk.passes == 2
+    with pytest.raises(IndexError):
+        wl.ColdWalk([], random.Random(0)).next()
+
+
+@pytest.mark.parametrize(
+    ("name", "choices"),
+    [("Opencdn Demo", {"Opencdn", "Demo"}), ("A Big Night Out", {"Night", "Big"}), ("!", {"!"})],
+)
+def test_search_word(name: str, choices: set[str]) -> None:
+    rng = random.Random(0)
+    assert {wl.search_word(name, rng) for _ in range(50)} == choices
+
+
+# -- smoke runs against a real fleet ---------------------------------------------------------
+
+
+@dataclass
+class Run:
+    code: int
+    out: str  # stdout and stderr
+    stats: dict[str, dict[str, str]]  # the CSV's rows by name (with "Aggregated")
+    html: Path
+
+
+async def locust(tmp: Path, name: str, locustfile: str, *args: str, timeout: float = 90) -> Run:
+    """One headless locust run as a subprocess, its CSV and HTML reports under ``tmp``."""
+    prefix = tmp / name
+    # No LOCUST_* from the caller's environment, and no PYTHONPATH: the locustfiles must find
+    # the product on their own, as they do from any directory.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_") and k != "PYTHONPATH"}
+    proc = await asyncio.create_subprocess_exec(
+        str(LOCUST), "-f", str(LOCUSTFILES / locustfile), "--headless", "--only-summary",
+        "--csv", str(prefix), "--html", f"{prefix}.html", *args,
+        cwd=tmp, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    stats: dict[str, dict[str, str]] = {}
+    csv_file = Path(f"{prefix}_stats.csv")
+    if csv_file.exists():
+        with open(csv_file, newline="") as f:
+            stats = {r["Name"]: r for r in csv.DictReader(f)}
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(errors="replace"), stats, Path(f"{prefix}.html"))
+
+
+def assert_clean(run: Run, expected: set[str], allowed: set[str] = frozenset()) -> None:
+    """Exit 0, every expected name with requests and no failure, no unexpected name (names
+    are route templates: a name per URL would be a bug), both reports written."""
+    assert run.code == 0, run.out[-6000:]
+    names = set(run.stats) - {"Aggregated"}
+    assert expected <= names, (expected - names, run.out[-3000:])
+    assert names <= expected | allowed, names - expected - allowed
+    for name in names:
+        r = run.stats[name]
+        assert int(r["Request Count"]) > 0, name
+        assert int(r["Failure Count"]) == 0, (name, run.out[-3000:])
+    assert int(run.stats["Aggregated"]["Failure Count"]) == 0
+    assert "thresholds passed" in run.out, run.out[-3000:]
+    html = run.html.read_text()
+    assert "<html" in html.lower() and "Locust" in html
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def runs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[str, Any]]:
+    """One fleet (the small sample: one 4 s title, 2 s segments, one rendition and its
+    audio), then every run of this module at once; each test awaits its own."""
+    tmp = tmp_path_factory.mktemp("locust")
+    async with started_fleet(tmp) as (_, state):
+        demo = ["--email", state["demo_email"], "--password-file", state["demo_password_file"]]
+        control, steering = state["control_url"], state["steering_url"]
+        edge = state["services"]["e2"]["health_url"].removesuffix("/healthz")
+        title = state["sample_title"]
+        keys = ["--signing-keys", state["signing_keys_file"]]
+        # Any failed request fails a smoke run; the p95 limit is loose, as CI machines are
+        # slow and busy (the thresholds themselves are tested by the two runs below).
+        smoke = ["--exit-code-on-error", "1", "--stop-timeout", "10", "--seed", "1"]
+        smoke += ["--p95-default", "10000"]
+        paths = tmp / "paths.txt"
+        paths.write_text(f"/v/{title}/180p/seg00001.m4s\n/v/{title}/180p/nope.m4s\n")
+        ops = ["steer", "steering_hls", "steering_dash", "fleet", "steering_healthz", "home"]
+        ops += ["browse", "title", "search", "autocomplete", "genres", "control_healthz"]
+        every_op = ",".join(f"{op}=1" for op in ops)
+        jobs = {
+            "viewers": locust(
+                tmp, "viewers", "viewers.py", "-u", "2", "-r", "2", "--run-time", "6s",
+                "-H", control, *demo, *smoke, "--speed", "4", "--heartbeat-interval", "0.3",
+                "--think-time", "0-0.2",
+            ),
+            "edge": locust(
+                tmp, "edge", "segments.py", "-u", "2", "-r", "2", "--run-time", "4s",
+                "-H", edge, *keys, *smoke, "--titles", title, "--hot-objects", "1",
+                "--hit-ratio", "0.7", "--range-bytes", "4096", "--range-share", "0.5",
+                "--wait", "0.01-0.03",
+            ),
+            "apis": locust(
+                tmp, "apis", "apis.py", "-u", "2", "-r", "2", "--run-time", "4s",
+                "-H", control, "--steering", steering, *demo, *smoke, "--mix", every_op,
+                "--clients", "127.0.1.0/24,127.0.3.0/24,203.0.113.0/24",
+                "--think-time", "0.01-0.03",
+            ),
+            # Impossible thresholds: exit 1 from the thresholds alone (locust's own exit code
+            # on errors is 0 here).
+            "p95": locust(
+                tmp, "p95", "apis.py", "-u", "1", "-r", "1", "--run-time", "2s",
+                "-H", control, *demo, "--mix", "title=1",
+                "--think-time", "0.05", "--exit-code-on-error", "0",
+                "--p95", "POST /v1/sessions=0,GET /nowhere=100",
+            ),
+            "errors": locust(
+                tmp, "errors", "segments.py", "-u", "1", "-r", "1", "--run-time", "2s",
+                "-H", edge, *keys, "--paths", str(paths), "--hot-objects", "2",
+                "--hit-ratio", "1", "--wait", "0.02", "--exit-code-on-error", "0",
+            ),
+        }  # fmt: skip
+        tasks = {name: asyncio.ensure_future(job) for name, job in jobs.items()}
+        try:
+            yield tasks
+        finally:
+            for t in tasks.values():
+                t.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_viewers_smoke(runs: dict[str, Any]) -> None:
+    run: Run = await runs["viewers"]
+    assert_clean(
+        run,
+        {
+            "POST /v1/sessions",
+            "GET /v1/profiles",
+            "GET /v1/titles",
+            "GET /v1/profiles/{id}/home",
+            "GET /v1/autocomplete",
+            "GET /v1/search",
+            "GET /v1/titles/{id}",
+            "POST /v1/playback",
+            "GET master.m3u8",
+            "GET media playlist",
+            "GET audio playlist",
+            "GET init segment",
+            "GET segment",
+            "GET audio segment",
+            "POST /v1/playback/{id}/events [progress]",
+            "POST /v1/playback/{id}/events [stop]",
+            "PLAY startup",
+        },
+        allowed={"PLAY rebuffer"},
+    )
+    s = run.stats
+    count = {name: int(r["Request Count"]) for name, r in s.items()}
+    # Every play started was stopped (--stop-timeout lets the users end their plays), each
+    # fetched the title's two video segments, but for the plays the run's end cut short (at
+    # most one per user: they end at the next segment).
+    plays = count["POST /v1/playback"]
+    assert count["POST /v1/playback/{id}/events [stop]"] == plays
+    assert 2 * (plays - 2) <= count["GET segment"] <= 2 * plays
+    # One sign-in for the process: the two users share the demo account's session.
+    assert count["POST /v1/sessions"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_edge_smoke(runs: dict[str, Any]) -> None:
+    run: Run = await runs["edge"]
+    assert_clean(
+        run, {"GET object [hot]", "GET object [cold]", "GET range [hot]", "GET range [cold]"}
+    )
+    assert "edge: measured hit ratio" in run.out
+    # The sample's cold set (its other segments) is small: the walk runs out and says so.
+    assert "event=cold_set_exhausted" in run.out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_apis_smoke(runs: dict[str, Any]) -> None:
+    run: Run = await runs["apis"]
+    assert_clean(
+        run,
+        {
+            "GET /v1/steer",
+            "GET /v1/steering/hls",
+            "GET /v1/steering/dash",
+            "GET /fleet",
+            "GET /healthz (steering)",
+            "GET /v1/profiles/{id}/home",
+            "GET /v1/titles",
+            "GET /v1/titles/{id}",
+            "GET /v1/search",
+            "GET /v1/autocomplete",
+            "GET /v1/genres",
+            "GET /healthz (control)",
+            "POST /v1/sessions",
+            "GET /v1/profiles",
+        },
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_impossible_p95_fails_the_run_and_is_named(runs: dict[str, Any]) -> None:
+    run: Run = await runs["p95"]
+    assert run.code == 1, run.out[-3000:]
+    # Sign-in hashes with scrypt (16 MiB): its p95 is never 0 ms.
+    assert "threshold failed: p95 of 'POST /v1/sessions' (POST) is " in run.out, run.out[-3000:]
+    assert "threshold failed: p95 of 'GET /nowhere': no request of that name" in run.out
+    assert int(run.stats["Aggregated"]["Failure Count"]) == 0  # the thresholds alone failed it
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_error_rate_above_the_limit_fails_the_run(runs: dict[str, Any]) -> None:
+    run: Run = await runs["errors"]
+    assert run.code == 1, run.out[-3000:]
+    failed = int(run.stats["Aggregated"]["Failure Count"])
+    total = int(run.stats["Aggregated"]["Request Count"])
+    assert 0 < failed < total  # the missing object fails, the present one does not
+    assert "threshold failed: error rate " in run.out
+    assert "is above --max-error-rate 1%" in run.out
+
+
+def test_a_bad_threshold_option_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    env["LOCUST_P95"] = "GET segment=fast"  # the variable, as the README documents
+    nowhere = "http://127.0.0.1:9"  # never reached: locust stops at the option
+    args = ["-f", str(LOCUSTFILES / "apis.py"), "--headless", "-H", nowhere, "--steering", nowhere]
+    out = subprocess.run(
+        [str(LOCUST), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "locust: error: --p95 'GET segment=fast': 'fast' is not milliseconds or 'off'" in (
+        out.stderr
+    )
