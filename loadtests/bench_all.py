@@ -107,7 +107,10 @@ def select(only: str, skip: str) -> list[Bench]:
         return out
 
     wanted, dropped = set(names(only) or NAMES), set(names(skip))
-    return [b for b in BENCHES if b.name in wanted and b.name not in dropped]
+    out = [b for b in BENCHES if b.name in wanted and b.name not in dropped]
+    if not out:
+        raise ValueError("--only and --skip leave no benchmark to run")
+    return out
 
 
 # -- what a benchmark needs ----------------------------------------------------------------------

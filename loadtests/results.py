@@ -290,7 +290,8 @@ def render_text(rows: Sequence[Row], header: Sequence[str] = ()) -> str:
     """Fixed-width columns, a rule under the head, the header lines above and the summary
     below."""
     body = [cells(r) for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(COLUMNS)]
+    # A list, not max(a, *b): max(a) of one int fails when there is no row at all.
+    widths = [max([len(c), *(len(b[i]) for b in body)]) for i, c in enumerate(COLUMNS)]
 
     def line(cs: Sequence[str]) -> str:
         return "  ".join(

@@ -357,3 +357,18 @@ def test_bench_all_refuses_an_unknown_name(tmp_path: Path) -> None:
     proc = run_all(tmp_path, "--only", "ring,nope")
     assert proc.returncode == 1
     assert "unknown benchmark nope" in proc.stderr
+
+
+def test_render_text_without_rows() -> None:
+    """No row at all (nothing selected, or an interrupt before the first) is still a table."""
+    out = render_text([], ["machine: a CPU, 2 cores"])
+    assert out.splitlines()[2].split() == ["bench", "figure", "value", "unit", "peer", "peer",
+                                           "value", "ratio", "target", "result"]  # fmt: skip
+    assert out.endswith("result: nothing measured (0 of 0 benchmarks run)\n")
+
+
+def test_bench_all_refuses_a_selection_that_leaves_nothing(tmp_path: Path) -> None:
+    proc = run_all(tmp_path, "--only", "ring", "--skip", "ring")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "--only and --skip leave no benchmark to run" in proc.stderr

@@ -15,11 +15,14 @@ Every check is on the edge's counters (its /metrics numbers), never on timings.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
+import pytest
 
 from edge.store import decode_header, slice_key
 
@@ -348,3 +351,57 @@ async def test_drain_cli_with_a_wrong_token_changes_nothing(
         assert (code, out) == (1, "")
         assert err.startswith("error: status 401"), err
     assert not edge.edge.draining
+
+
+# -- what the guide's commands and claims rest on -------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def shell_blocks(text: str) -> list[list[str]]:
+    return [block.splitlines() for block in re.findall(r"```sh\n(.*?)```", text, re.S)]
+
+
+def test_commands_after_the_release_switch_run_the_new_release():
+    """A shell in /opt/opencdn/current keeps the old release as its working directory once the
+    symlink is switched (`ln -sfn`): a relative .venv/bin/python there runs the old version
+    (e.g. `control migrate` would migrate nothing and print the old schema version)."""
+    switched_blocks = 0
+    for path in (DOCS / "operations.md", DOCS / "install.md"):
+        for block in shell_blocks(path.read_text()):
+            switched = False
+            for line in block:
+                if re.search(r"\bln -sfn\b.*\s/opt/opencdn/current$", line):
+                    switched = True
+                    switched_blocks += 1
+                elif switched and re.search(r"(?<![\w/])\.venv/bin/", line):
+                    pytest.fail(f"{path.name}: {line!r} runs the old release after the switch")
+    assert switched_blocks >= 2  # the control plane's and the edges' upgrade
+
+
+def test_token_rotation_names_only_the_files_that_take_several_tokens(tmp_path: Path):
+    """operations.md rotates service tokens by adding the new one as a line of the accepting
+    file. Origin's and steering's files are lists; the control plane's feed token is one
+    token, its first line: a second line is refused, so the guide must not list it."""
+    from control.errors import Unauthorized
+    from control.fill import FillFeed
+    from origin.config import read_tokens as origin_tokens
+    from steering.app import read_tokens as steering_tokens
+
+    old, new = "old-token-0123456789abcdef", "new-token-0123456789abcdef"
+    two = tmp_path / "two.tokens"
+    two.write_text(f"{old}\n{new}\n")
+    assert origin_tokens(two) == [old, new]
+    assert steering_tokens(two) == [old, new]
+    feed = FillFeed(
+        SimpleNamespace(config=SimpleNamespace(fill=SimpleNamespace(credential_file=two)))
+    )
+    feed.authorize(f"Bearer {old}")
+    with pytest.raises(Unauthorized):
+        feed.authorize(f"Bearer {new}")
+
+    text = " ".join((DOCS / "operations.md").read_text().split())
+    m = re.search(r"add the new token as a line to the accepting file \(([^)]*)\)", text)
+    assert m, "the rotation paragraph of operations.md moved"
+    named = set(re.findall(r"`([\w.]+)`", m.group(1)))
+    assert named == {"fill.tokens", "catalog.tokens", "heartbeat.token"}, named

@@ -217,6 +217,59 @@ def test_hardening_options(name: str):
     assert install["WantedBy"] == ["multi-user.target"], name
 
 
+# systemd's defaults (DefaultStartLimitIntervalSec=, DefaultStartLimitBurst=).
+START_LIMIT_DEFAULTS = ("10s", "5")
+
+
+def start_limit_hit_at(interval: float, burst: int, restart: float, fails_after: float) -> int:
+    """The start systemd refuses (start-limit-hit) when every start fails ``fails_after`` seconds
+    in and is restarted ``restart`` seconds later; 0 when it never does. The start limit is
+    ratelimit_below() of systemd's src/basic/ratelimit.c, applied to every start, restarts
+    included."""
+    begin, count, now = -1.0, 0, 0.0
+    for attempt in range(1, 1000):
+        if begin < 0 or now - begin > interval:
+            begin, count = now, 1
+        else:
+            count += 1
+            if count > burst:
+                return attempt
+        now += fails_after + restart
+    return 0
+
+
+def test_start_limit_model():
+    # The defaults with a restart every 2 s: a start that fails at once is refused at the
+    # sixth, one that takes a fifth of a second never is.
+    assert start_limit_hit_at(10.0, 5, 2.0, 0.0) == 6
+    assert start_limit_hit_at(10.0, 5, 2.0, 0.2) == 0
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_a_configuration_error_ends_at_the_start_limit(name: str):
+    """RestartPreventExitStatus= does not apply to ExecStartPre= (systemd.service(5)): a
+    check-config that fails (exit 2) is restarted like a crash. The start limit must end that
+    after a few tries, however long the check takes, rather than retry it every RestartSec=
+    forever (check-config takes 0.1-0.3 s)."""
+    unit = parse_unit((SYSTEMD / name).read_text())["Unit"]
+    interval = parse_duration(unit.get("StartLimitIntervalSec", [START_LIMIT_DEFAULTS[0]])[-1])
+    burst = int(unit.get("StartLimitBurst", [START_LIMIT_DEFAULTS[1]])[-1])
+    restart = parse_duration(service(name)["RestartSec"][-1])
+    for fails_after in (0.0, 0.1, 0.2, 0.5, 1.0, 2.0):
+        refused = start_limit_hit_at(interval, burst, restart, fails_after)
+        assert 0 < refused <= burst + 1, (name, fails_after, interval, burst, restart)
+
+
+@pytest.mark.parametrize("name", ["opencdn-origin.service", "opencdn-origin-worker.service"])
+def test_origin_units_start_without_the_local_asset_root(name: str):
+    """The worker runs "anywhere that reaches the bucket", and an origin on S3 has no local
+    asset root: a ReadWritePaths= entry that does not exist fails the unit (226/NAMESPACE)
+    unless it starts with "-"."""
+    paths = [p for v in service(name).get("ReadWritePaths", []) for p in v.split()]
+    assert paths, name
+    assert all(p.startswith("-") for p in paths), (name, paths)
+
+
 def test_edge_stop_timeout_outlasts_its_drain():
     """systemd must not kill an edge that is still finishing requests after TERM."""
     example = yaml.safe_load((ROOT / "conf" / "edge.example.yaml").read_text())
@@ -351,3 +404,56 @@ def test_sysusers_and_tmpfiles_make_the_users_and_directories(analyze: str, tmp_
         st = (root / d).stat()
         assert st.st_uid == origin_uid, d
     assert (root / "var/cache/opencdn").stat().st_uid == 0  # mount points stay root's
+
+
+# -- the install guide's cache disks -----------------------------------------------------------
+
+FSTAB_GENERATOR = "systemd/system-generators/systemd-fstab-generator"
+
+
+def _mount_unit_name(where: str) -> str:
+    """systemd-escape --path --suffix=mount, for the plain paths of the guide."""
+    return where.strip("/").replace("-", "\\x2d").replace("/", "-") + ".mount"
+
+
+def test_install_guide_mounts_the_cache_disks_before_the_edge_starts(analyze: str, tmp_path: Path):
+    """docs/install.md's fstab lines, through systemd's own fstab generator: each cache mount is
+    ordered before opencdn-edge.service. `nofail` alone drops the mount's ordering before
+    local-fs.target, so the edge's After=local-fs.target does not wait for it, and at boot the
+    edge could start on empty, root-owned mount points and take every disk for dead."""
+    generator = next(
+        (
+            p / FSTAB_GENERATOR
+            for p in (Path("/usr/lib"), Path("/lib"))
+            if (p / FSTAB_GENERATOR).exists()
+        ),
+        None,
+    )
+    if generator is None:
+        reason = "systemd-fstab-generator is missing (Debian's systemd package)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    guide = (ROOT / "docs" / "install.md").read_text()
+    lines = re.findall(r"^echo '([^']+)' >> /etc/fstab$", guide, re.M)
+    assert lines, "no fstab line in docs/install.md"
+    fstab = tmp_path / "fstab"
+    fstab.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "generated"
+    out.mkdir()
+    r = subprocess.run(
+        [str(generator), str(out), str(out), str(out)],
+        env={**subprocess_env(), "SYSTEMD_FSTAB": str(fstab)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    for line in lines:
+        where, options = line.split()[1], line.split()[3].split(",")
+        assert where.startswith("/var/cache/opencdn/"), line
+        assert "nofail" in options, line  # a dead disk must not stop the boot
+        unit = parse_unit((out / _mount_unit_name(where)).read_text())["Unit"]
+        before = [u for v in unit.get("Before", []) for u in v.split()]
+        assert "opencdn-edge.service" in before, (line, unit)
