@@ -102,6 +102,9 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "control_db_errors": ("Database errors", ("kind",)),
 }
 
+# Labelled counters whose every label value is known and watched by an alert.
+PRESET: dict[str, tuple[str, ...]] = {"control_db_errors": ("integrity", "unavailable", "other")}
+
 GAUGES: dict[str, str] = {
     "control_catalog_titles": "Published titles in this process's search index",
     "control_catalog_version": "Catalog version this process's index reflects",
@@ -117,6 +120,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Metrics:
     def __init__(self) -> None:
         self.counters: dict[str, dict[tuple[str, ...], int]] = {n: {} for n in COUNTERS}
+        # Series an alert's increase() watches are exported from 0: its first count would
+        # otherwise start the series and be missed (ControlDatabaseUnavailable).
+        for name, values in PRESET.items():
+            self.counters[name].update({(v,): 0 for v in values})
         self.latency: dict[str, Histogram] = {}
         self.gauges: dict[str, float] = dict.fromkeys(GAUGES, 0.0)
         self.registry = CollectorRegistry(auto_describe=False)

@@ -51,7 +51,9 @@ class OriginStats:
     def __init__(self) -> None:
         self.requests: dict[int, int] = {}
         self.bytes_served = 0
-        self.storage_errors: dict[str, int] = {}
+        # Exported from 0, so that increase() sees the first failure (no series to start from
+        # would hide it from Prometheus' OriginStorageErrors alert).
+        self.storage_errors: dict[str, int] = {"stat": 0, "read": 0}
         self.auth_failures: dict[str, int] = {}
         self.storage_latency = Histogram()
 

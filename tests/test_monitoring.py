@@ -463,12 +463,15 @@ ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # fleet test does not do happens): the family is exposed, with no sample yet.
 EVENT_ONLY = {
     "edge_upstream_failures_total",  # an upstream failing
-    "origin_storage_errors_total",  # storage failing
     "steering_fill_feed_skipped_objects_total",  # a feed breaking the contract
     "control_sessions_revoked_total",  # sign-outs
     "control_rate_limited_total",  # rate limits hit
     "control_recompute_runs_total",  # the recommendation batch (off in tests)
-    "control_db_errors_total",  # database errors
+}
+# Watched by an alert's increase(), so exported from 0 before the first failure.
+FROM_ZERO = {
+    "origin_storage_errors_total": {("stat",), ("read",)},
+    "control_db_errors_total": {("integrity",), ("unavailable",), ("other",)},
 }
 
 
@@ -677,6 +680,10 @@ def _check_exposition(families: dict[str, dict[str, Any]]) -> None:
             expected = set(docs[service][base]) | ({"le"} if s.name.endswith("_bucket") else set())
             assert set(s.labels) == expected, (name, s.labels)
     assert not empty, f"exposed with no series after the traffic: {empty}"
+    for name, label_sets in FROM_ZERO.items():
+        family = family_of[name][1]
+        seen = {tuple(s.labels.values()) for s in family.samples if s.name == name}
+        assert seen >= label_sets, (name, seen)
     # Counters (and histogram series) are read with rate() or increase(), gauges as they are.
     for expr in exprs:
         for name, fn in range_uses(expr):
