@@ -233,6 +233,8 @@ def fill_command(config: EdgeConfig, args: argparse.Namespace) -> int:
                 return 1
         print(_summary(st))
         return 0 if st.get("state") == "done" else 1
+    except BrokenPipeError:
+        raise  # our stdout was closed (`... | head`), not the edge: see _quiet_broken_pipe
     except (OSError, ValueError) as exc:
         print(f"error: cannot reach the edge's admin API: {exc}", file=sys.stderr)
         return 1
@@ -277,6 +279,8 @@ def drain_command(config: EdgeConfig, args: argparse.Namespace) -> int:
                 print(f"timed out: {conns} client connections still open", file=sys.stderr)
                 return 1
             time.sleep(args.interval)
+    except BrokenPipeError:
+        raise  # our stdout was closed (`... | head`), not the edge: see _quiet_broken_pipe
     except (OSError, ValueError) as exc:
         print(f"error: cannot reach the edge's admin API: {exc}", file=sys.stderr)
         return 1
@@ -407,5 +411,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``fill --status | head``): exit as a shell tool does,
+    without a traceback, and without Python's second error when it flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    sys.exit(code)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -671,6 +672,21 @@ async def test_cli_fill_status_and_now(edges, origin_dir, tmp_path, steering):
     assert "fill done" in out and "1/1 objects" in out and "0 objects" in out
     code, out, err = await cli("--status")
     assert code == 0 and "fill done" in out
+
+    # Its reader gone (`fill --status | head -0`): exit as a shell tool does, no blame on the
+    # edge's admin API and no traceback.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge", "fill", "--status", "--config", str(conf),
+            cwd=ROOT, stdout=write_end, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    _, err_b = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 128 + signal.SIGPIPE, err_b
+    assert err_b == b"", err_b
 
 
 async def test_a_player_never_waits_behind_the_fill_rate_limit(
