@@ -84,11 +84,16 @@ class Edge:
     def snapshot(self) -> dict[str, Any]:
         store, up, puller, server = self.store, self.upstreams, self.puller, self.server
         overload = dict(self.stats.overload)
+        requests = dict(self.stats.requests)
         if server is not None:
             for k, v in server.rejected.items():
                 overload[k] = overload.get(k, 0) + v
+                # A 503 the server sent at accept time, before any handler saw a request,
+                # is a response sent all the same (edge_requests_total{status="503"}).
+                requests[503] = requests.get(503, 0) + v
         return {
             "stats": self.stats,
+            "requests": requests,
             "fetches": up.fetches if up else 0,
             "upstream_failures": dict(up.failures) if up else {},
             "upstream_bytes": puller.upstream_bytes if puller else 0,
@@ -467,7 +472,7 @@ async def _stats(request: web.Request) -> web.Response:
     snap.pop("stats")
     h = edge.health()
     snap["health"] = {"state": h.state, "reasons": list(h.reasons)}
-    snap["requests"] = {str(k): v for k, v in edge.stats.requests.items()}
+    snap["requests"] = {str(k): v for k, v in snap["requests"].items()}
     fill = snap.get("fill")
     if fill is not None:
         # Keyed by (source, result) tuples, which JSON cannot encode: "peer:ok".

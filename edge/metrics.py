@@ -10,7 +10,8 @@ Every metric (all prefixed ``edge_``):
 ==========================================  =======  ==============================================
 name                                        type     meaning
 ==========================================  =======  ==============================================
-requests_total{status}                      counter  responses sent, by HTTP status
+requests_total{status}                      counter  responses sent, by HTTP status (incl. the
+                                                     503s sent at accept: max_connections, stop)
 response_bytes_total{cache}                 counter  body bytes sent to clients, cache=hit|miss
 cache_lookups_total{result}                 counter  slice lookups, result=hit|miss
 ttfb_seconds{cache}                         histo    request parsed -> response head sent
@@ -122,7 +123,8 @@ class EdgeStats:
         self.lookups_hit = 0
         self.lookups_miss = 0
         self.token_rejections: dict[str, int] = {}
-        self.overload: dict[str, int] = {}
+        # Every reason exported from 0 (alerts take rate() of each).
+        self.overload: dict[str, int] = dict.fromkeys(("connections", "egress", "draining"), 0)
         self.client_aborts = 0
         # Cache-Control: only-if-cached requests (peer fill), answered from cache or 504.
         self.only_if_cached = {"hit": 0, "miss": 0}
@@ -154,7 +156,11 @@ class EdgeCollector(Collector):
         s = self.snapshot()
         st: EdgeStats = s["stats"]
         yield _labelled(
-            CounterMetricFamily, "edge_requests", "Responses sent by status", "status", st.requests
+            CounterMetricFamily,
+            "edge_requests",
+            "Responses sent by status",
+            "status",
+            s["requests"],
         )
         yield _labelled(
             CounterMetricFamily,

@@ -173,6 +173,11 @@ async def test_max_connections_refuses_the_next_connection_at_once(
         assert b"\r\nRetry-After: 2\r\n" in answer
         assert b"\r\nConnection: close\r\n" in answer
         assert edge.counter("edge_overload_rejections_total", reason="connections") == 1
+        # A response sent, though no request was read: counted with the others.
+        assert edge.counter("edge_requests_total", status="503") == 1
+        # Every reason is exported from 0 (None would mean no series, which rate() misses).
+        sample = edge.edge.registry.get_sample_value
+        assert sample("edge_overload_rejections_total", {"reason": "egress"}) == 0
 
         # The held connections are real and still served.
         r0, w0 = held[0]
