@@ -708,6 +708,8 @@ def format_jobs(jobs: Sequence[Job], now: float) -> str:
             detail = f"{j.lease_owner}: {j.note}" if j.note else str(j.lease_owner)
         elif j.state == QUEUED and j.error:
             detail = f"retrying after: {j.error}"
+        elif j.state == DONE:
+            detail = ""  # its note names the last step it ran ("publishing"), long over
         else:
             detail = j.note or ""
         rows.append(

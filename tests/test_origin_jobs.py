@@ -716,6 +716,7 @@ def test_format_jobs(queue: JobQueue, clock: Clock) -> None:
     clock.advance(3 * 3600 + 5)
     for _ in (done, running, failed):
         assert queue.claim("w1", kinds=["ingest"]) is not None
+    assert queue.heartbeat(done.id, "w1", 0.9, "publishing")
     assert queue.complete(done.id, "w1")
     assert queue.heartbeat(running.id, "w1", 0.42, "encoding 720p")
     assert queue.fail(failed.id, "w1", "ffmpeg: moov atom not found\n" + "x" * 200)
@@ -728,6 +729,8 @@ def test_format_jobs(queue: JobQueue, clock: Clock) -> None:
         assert word in text
     row = next(line for line in lines if "sintel" in line)
     assert "42%" in row and "encoding 720p" in row and "3h" in row and "1/3" in row
+    row = next(line for line in lines if "big-buck-bunny" in line)
+    assert "done" in row and "publishing" not in row  # the last step's note is over
     row = next(line for line in lines if "tears" in line)
     assert "ffmpeg: moov atom not found" in row and row.endswith("…") and len(row) < 200
     # Two minutes on, the running job's lease is long gone: say so.
