@@ -16,9 +16,11 @@ import csv
 import itertools
 import os
 import random
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -450,6 +452,45 @@ async def locust(tmp: Path, name: str, locustfile: str, *args: str, timeout: flo
     return Run(proc.returncode, out.decode(errors="replace"), stats, Path(f"{prefix}.html"))
 
 
+async def worker(tmp: Path, locustfile: str, port: int, timeout: float = 90) -> tuple[int, str]:
+    """A ``locust --worker`` of a distributed run: its exit status and output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_") and k != "PYTHONPATH"}
+    proc = await asyncio.create_subprocess_exec(
+        str(LOCUST), "-f", str(LOCUSTFILES / locustfile), "--worker",
+        "--master-host", "127.0.0.1", "--master-port", str(port),
+        cwd=tmp, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def distributed(tmp: Path, name: str, locustfile: str, *args: str) -> tuple[Run, list]:
+    """A master (``--expect-workers 2``, on a free port) and its two workers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master = asyncio.ensure_future(
+        locust(
+            tmp, name, locustfile, "--master", "--expect-workers", "2",
+            "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), *args,
+        )
+    )  # fmt: skip
+    workers = [asyncio.ensure_future(worker(tmp, locustfile, port)) for _ in range(2)]
+    try:
+        return await master, await asyncio.gather(*workers)
+    finally:
+        for t in (master, *workers):
+            t.cancel()
+        await asyncio.gather(master, *workers, return_exceptions=True)
+
+
 def assert_clean(run: Run, expected: set[str], allowed: set[str] = frozenset()) -> None:
     """Exit 0, every expected name with requests and no failure, no unexpected name (names
     are route templates: a name per URL would be a bug), both reports written."""
@@ -478,6 +519,7 @@ async def runs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[s
         edge = state["services"]["e2"]["health_url"].removesuffix("/healthz")
         title = state["sample_title"]
         keys = ["--signing-keys", state["signing_keys_file"]]
+        secrets = Path(state["demo_password_file"]).parent
         # Any failed request fails a smoke run; the p95 limit is loose, as CI machines are
         # slow and busy (the thresholds themselves are tested by the two runs below).
         smoke = ["--exit-code-on-error", "1", "--stop-timeout", "10", "--seed", "1"]
@@ -506,12 +548,24 @@ async def runs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[dict[s
                 "--think-time", "0.01-0.03",
             ),
             # Impossible thresholds: exit 1 from the thresholds alone (locust's own exit code
-            # on errors is 0 here).
+            # on errors is 0 here). A viewer at a tenth of real time (the 4 s title plays for
+            # 40 s), so its play is under way, all downloaded, when the run time ends: it
+            # must stop at once, not at its play's end or the --stop-timeout.
             "p95": locust(
-                tmp, "p95", "apis.py", "-u", "1", "-r", "1", "--run-time", "2s",
-                "-H", control, *demo, "--mix", "title=1",
-                "--think-time", "0.05", "--exit-code-on-error", "0",
+                tmp, "p95", "viewers.py", "-u", "1", "-r", "1", "--run-time", "3s",
+                "-H", control, *demo, "--speed", "0.1", "--think-time", "0",
+                "--stop-timeout", "30", "--exit-code-on-error", "0",
                 "--p95", "POST /v1/sessions=0,GET /nowhere=100",
+            ),
+            # Distributed: a master and two workers, each worker on an account of its own
+            # (--signup 1, paid by the administrator). Plays at speed 1 (4 s) are under way
+            # when the run time ends: their stop events come during --stop-timeout, after the
+            # master told the workers to quit, and must still be in the master's stats.
+            "distributed": distributed(
+                tmp, "distributed", "viewers.py", "-u", "2", "-r", "2", "--run-time", "5s",
+                "-H", control, "--signup", "1", "--admin-email", "admin@opencdn.test",
+                "--admin-password-file", str(secrets / "admin.password"), *smoke,
+                "--think-time", "0-0.2",
             ),
             "errors": locust(
                 tmp, "errors", "segments.py", "-u", "1", "-r", "1", "--run-time", "2s",
@@ -577,8 +631,51 @@ async def test_edge_smoke(runs: dict[str, Any]) -> None:
         run, {"GET object [hot]", "GET object [cold]", "GET range [hot]", "GET range [cold]"}
     )
     assert "edge: measured hit ratio" in run.out
+    # --hit-ratio 0.7: the share of requests for the hot set (a few hundred requests: 0.7 is
+    # many standard deviations inside these bounds).
+    count = {name: int(r["Request Count"]) for name, r in run.stats.items()}
+    hot = count["GET object [hot]"] + count["GET range [hot]"]
+    assert 0.55 <= hot / count["Aggregated"] <= 0.85, count
     # The sample's cold set (its other segments) is small: the walk runs out and says so.
     assert "event=cold_set_exhausted" in run.out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_distributed_viewers_report_what_workers_did_while_stopping(
+    runs: dict[str, Any],
+) -> None:
+    run, workers = await runs["distributed"]
+    assert [code for code, _ in workers] == [0, 0], workers[0][1][-3000:] + workers[1][1][-3000:]
+    assert_clean(
+        run,
+        {
+            "POST /v1/sessions",
+            "GET /v1/profiles",
+            "GET /v1/titles",
+            "GET /v1/profiles/{id}/home",
+            "GET /v1/autocomplete",
+            "GET /v1/search",
+            "GET /v1/titles/{id}",
+            "POST /v1/playback",
+            "GET master.m3u8",
+            "GET media playlist",
+            "GET audio playlist",
+            "GET init segment",
+            "GET segment",
+            "GET audio segment",
+            "POST /v1/playback/{id}/events [stop]",
+            "PLAY startup",
+        },
+        allowed={"PLAY rebuffer", "POST /v1/playback/{id}/events [progress]"},
+    )
+    count = {name: int(r["Request Count"]) for name, r in run.stats.items()}
+    # Each worker signed up its own account and signed in once.
+    assert count["POST /v1/sessions"] == 2
+    # The plays the run's end cut short sent their stop during --stop-timeout, after locust's
+    # master would have stopped listening (0.5 s after its quit): still counted.
+    assert count["POST /v1/playback/{id}/events [stop]"] == count["POST /v1/playback"], count
 
 
 @pytest.mark.slow
@@ -619,6 +716,27 @@ async def test_an_impossible_p95_fails_the_run_and_is_named(runs: dict[str, Any]
     assert int(run.stats["Aggregated"]["Failure Count"]) == 0  # the thresholds alone failed it
 
 
+def log_time(out: str, text: str) -> datetime:
+    """The time of locust's first log line holding ``text``."""
+    line = next(x for x in out.splitlines() if text in x)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_playing_viewer_stops_when_the_run_time_ends(runs: dict[str, Any]) -> None:
+    run: Run = await runs["p95"]
+    count = {name: int(r["Request Count"]) for name, r in run.stats.items()}
+    assert count["POST /v1/playback"] == 1, run.out[-3000:]
+    assert count["POST /v1/playback/{id}/events [stop]"] == 1
+    # It slept until its next heartbeat or its play's end (37 s here), then was killed at the
+    # --stop-timeout (30 s): the run hung that long after its run time.
+    ended = log_time(run.out, "--run-time limit reached")
+    quit = log_time(run.out, "Shutting down (exit code")
+    assert (quit - ended).total_seconds() < 10, run.out[-3000:]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 @pytest.mark.asyncio(loop_scope="module")
@@ -630,6 +748,54 @@ async def test_an_error_rate_above_the_limit_fails_the_run(runs: dict[str, Any])
     assert 0 < failed < total  # the missing object fails, the present one does not
     assert "threshold failed: error rate " in run.out
     assert "is above --max-error-rate 1%" in run.out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_cut_body_is_a_failure_and_does_not_stop_the_start(tmp_path: Path) -> None:
+    """An edge that cuts answers short (it aborts the connection once the head is sent when an
+    upstream fails): every such answer is a failed request, and the warm-up of the hot set,
+    which meets the same cut, only warns (it raised http.client.IncompleteRead, no OSError, out
+    of the test_start listener: the run then "made no request at all")."""
+    body = b"x" * 1000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                cut = b"/cut.m4s" in head.split(b"\r\n", 1)[0]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Cache: HIT\r\n\r\n")
+                writer.write(body[:500] if cut else body)
+                await writer.drain()
+                if cut:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    (tmp_path / "keys").write_text("k1 hex:" + "ab" * 32 + "\n")
+    (tmp_path / "paths.txt").write_text("/v/t1/a/whole.m4s 1000\n/v/t1/a/cut.m4s 1000\n")
+    try:
+        run = await locust(
+            tmp_path, "cut", "segments.py", "-u", "1", "-r", "1", "--run-time", "2s",
+            "-H", f"http://127.0.0.1:{port}", "--signing-keys", str(tmp_path / "keys"),
+            "--paths", str(tmp_path / "paths.txt"), "--hot-objects", "2", "--hit-ratio", "1",
+            "--wait", "0.02", "--exit-code-on-error", "0",
+        )  # fmt: skip
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert "event=warm_failed path=/v/t1/a/cut.m4s" in run.out, run.out[-3000:]
+    assert run.code == 1, run.out[-3000:]
+    hot = run.stats["GET object [hot]"]
+    assert 0 < int(hot["Failure Count"]) < int(hot["Request Count"]), run.out[-3000:]
+    assert "threshold failed: error rate " in run.out
+    failures = (tmp_path / "cut_failures.csv").read_text()
+    assert "body of 500 bytes" in failures, failures
 
 
 def test_a_bad_threshold_option_is_refused_before_anything_runs(tmp_path: Path) -> None:
@@ -651,3 +817,32 @@ def test_a_bad_threshold_option_is_refused_before_anything_runs(tmp_path: Path) 
     assert "locust: error: --p95 'GET segment=fast': 'fast' is not milliseconds or 'off'" in (
         out.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--signing-keys", "missing.keys", "--titles", "t1"], "missing.keys: cannot read key"),
+        (["--signing-keys", "k", "--paths", "missing.txt"], "--paths missing.txt: No such file"),
+        (["--signing-keys", "k", "--paths", "empty.txt"], "empty.txt: no paths in it"),
+    ],
+)
+def test_segments_refuses_unreadable_files_before_anything_runs(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """As the README says: exit status 2 and ``locust: error: ...`` before any user starts
+    (the files were read at test start: users started, each logged a StopUser traceback)."""
+    import subprocess
+
+    (tmp_path / "k").write_text("k1 hex:" + "ab" * 32 + "\n")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
+    nowhere = "http://127.0.0.1:9"  # never reached: locust stops at the option
+    out = subprocess.run(
+        [str(LOCUST), "-f", str(LOCUSTFILES / "segments.py"), "--headless", "-u", "2",
+         "-t", "5s", "-H", nowhere, *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "locust: error: " in out.stderr and message in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]

@@ -45,6 +45,7 @@ import gevent
 from gevent.lock import BoundedSemaphore, Semaphore
 from locust import events
 from locust.env import Environment
+from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
@@ -148,6 +149,46 @@ def refresh_loop_clock(**_: Any) -> None:
     after it started (seen with a few locust processes on 2 vCPUs). Init fires just before
     the timer is armed; work done at init after this (sign-ups) calls it again."""
     gevent.get_hub().loop.update_now()
+
+
+WORKER_QUIT_MARGIN = 10.0  # seconds a master waits for its workers beyond --stop-timeout
+
+
+@events.init.add_listener
+def wait_for_workers_at_quit(environment: Environment, **_: Any) -> None:
+    """A master that quits only once its workers have sent their final stats.
+
+    locust's ``MasterRunner.quit`` tells the workers to quit and stops 0.5 s later, while each
+    worker first stops its users (up to ``--stop-timeout``: viewers end their plays and send
+    their stop events) and only then sends its final report: what workers did after those
+    0.5 s was missing from the master's stats, so from the CSV and HTML reports and from the
+    thresholds (a distributed viewers run showed 4 stop events for 8 plays). The same steps,
+    but waiting until every worker said it quit (it does after its final report), at most
+    ``--stop-timeout`` plus a margin for a worker that died."""
+    runner = environment.runner
+    if not isinstance(runner, MasterRunner):
+        return
+    quitting = False
+
+    def quit() -> None:
+        nonlocal quitting
+        if quitting:  # the last worker's quit makes a headless master call quit() again
+            return
+        quitting = True
+        runner.stop(send_stop_to_client=False)
+        for client in runner.clients.all:
+            runner.server.send_to_client(Message("quit", None, client.id))
+        deadline = time.monotonic() + float(environment.stop_timeout or 0) + WORKER_QUIT_MARGIN
+        while runner.clients.all and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        if runner.clients.all:
+            log.warning(
+                "event=workers_not_quit workers=%d: their last stats are missing",
+                len(runner.clients.all),
+            )
+        runner.greenlet.kill(block=True)
+
+    runner.quit = quit  # type: ignore[method-assign]
 
 
 def stats_rows(environment: Environment) -> list[Row]:

@@ -30,6 +30,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import http.client  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -161,9 +162,22 @@ STATE = State()
 def _check_options(environment: Environment, **_: Any) -> None:
     if is_reporting_node(environment) and environment.parsed_options is not None:
         try:
-            config_from(environment.parsed_options)
+            c = config_from(environment.parsed_options)
+            if not is_master(environment):
+                # A standalone process reads its files now, so a missing one is refused
+                # before anything runs; a master may not hold them (its workers do).
+                Signer.from_file(c.keys_file, c.token_ttl)
+                if c.paths_file:
+                    parse_paths(_read_text(c.paths_file, "--paths"), c.paths_file)
         except ValueError as exc:
             fail_usage(str(exc))
+
+
+def _read_text(path: str, option: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
 def _get(url: str) -> bytes:
@@ -175,11 +189,7 @@ def _get(url: str) -> bytes:
 def objects_of(c: Config, host: str, signer: Signer) -> list[tuple[str, int | None]]:
     """The object list: the paths file, or every title's manifest.json through the edge."""
     if c.paths_file:
-        try:
-            text = Path(c.paths_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"--paths {c.paths_file}: {exc.strerror or exc}") from None
-        found = parse_paths(text, c.paths_file)
+        found = parse_paths(_read_text(c.paths_file, "--paths"), c.paths_file)
     else:
         found = []
         for title in c.titles:
@@ -190,7 +200,8 @@ def objects_of(c: Config, host: str, signer: Signer) -> list[tuple[str, int | No
                 found += [(f"/v/{title}/{f['path']}", int(f["size"])) for f in files]
             except urllib.error.HTTPError as exc:
                 raise ValueError(f"{path} through {host}: HTTP {exc.code}") from None
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
+                # HTTPException: a cut answer (IncompleteRead) or a broken head, not OSErrors
                 raise ValueError(f"{path} through {host}: {exc}") from None
     kept = sorted({p: s for p, s in found if c.match.search(p)}.items())
     if not kept:
@@ -233,8 +244,10 @@ def _start(environment: Environment, **_: Any) -> None:
     for path, _ in hot:  # warm the hot set, so its requests are hits from the start
         try:
             _get(environment.host.rstrip("/") + signer.path(path))
-        except OSError as exc:
-            log.warning("event=warm_failed path=%s error=%r", path, str(exc))
+        except (OSError, http.client.HTTPException) as exc:
+            # A cut body (IncompleteRead) is no OSError: it broke the start, and the run then
+            # "made no request at all". The run's own requests judge the object.
+            log.warning("event=warm_failed path=%s error=%r", path, exc)
     STATE.config, STATE.signer, STATE.hot, STATE.seed = c, signer, hot, seed
     STATE.cold = ColdWalk(cold, random.Random(f"{seed}:cold:{index}"))
     STATE.counts.clear()

@@ -28,7 +28,8 @@ One visit (locust task) of a viewer, as the web player and the reference player
 6. a ``progress`` event every ``heartbeat_interval`` wall seconds (as the playback answer
    asks; ``--heartbeat-interval`` caps it for short runs) and a ``stop`` event at the end
    (after an ``error`` event when the play failed). Stopping users (``--stop-timeout``) end
-   their play at the next segment and still send the stop.
+   their play within a second (``STOP_POLL``) and still send the stop; one that gets a stream
+   slot while stopping starts no play.
 
 Besides HTTP requests two entries come from the playout clock: ``PLAY startup`` (from asking
 for playback to the first frame, in ms) and ``PLAY rebuffer`` (one per play that stalled: its
@@ -100,6 +101,10 @@ from loadtests.locustfiles.workload import (  # noqa: E402
 log = logging.getLogger("opencdn.loadtest.viewers")
 
 FAILOVER_ROUNDS = 2  # times every edge may fail one request before the play gives up
+# Seconds a playing viewer sleeps at most before it looks whether it is being stopped: it slept
+# until its next heartbeat or the play's end (40 s by default, the title's length at worst), so
+# a run hung that long after --run-time, or its plays were killed at --stop-timeout.
+STOP_POLL = 1.0
 EPS = 1e-6
 
 
@@ -393,6 +398,8 @@ class Viewer(FastHttpUser):
             if episode is None:
                 return
         with a.slots:  # waits while the account's streams are all taken by other users
+            if self.stopping():
+                return  # the slot came free because the run is ending: no new play
             self.watch(title["id"], episode)
 
     # -- the control plane -----------------------------------------------------------------
@@ -565,7 +572,7 @@ class Viewer(FastHttpUser):
             if now >= play.next_beat:
                 self.heartbeat(play)
                 continue
-            gevent.sleep(max(0.0, min(wait, play.next_beat - now)))
+            gevent.sleep(max(0.0, min(wait, play.next_beat - now, STOP_POLL)))
         if p.rebuffers:
             self.report("PLAY rebuffer", p.rebuffer_s * 1000)
 
@@ -587,7 +594,7 @@ class Viewer(FastHttpUser):
             wait = fetch_wait(p.level(now), c.buffer_s, segment_s, c.speed) if p.playing else 0
             if wait <= 0:
                 return True
-            gevent.sleep(min(wait, play.next_beat - now))
+            gevent.sleep(min(wait, play.next_beat - now, STOP_POLL))
 
     def multivariant(self, play: Play, manifests: dict[str, Any]) -> Multivariant | None:
         edge_url = manifests.get("hls_edge")
