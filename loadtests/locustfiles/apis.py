@@ -14,7 +14,7 @@ addresses drawn from ``--clients``):
   parsers;
 * ``fleet``: ``GET /fleet`` (every edge's health), ``steering_healthz``: ``GET /healthz``.
 
-control plane (one session per account and load process, see common.py; titles drawn by Zipf
+control plane (one session per account and load process, see accounts.py; titles drawn by Zipf
 over the catalog's browse order, read once per process):
 
 * ``home``: ``GET /v1/profiles/{id}/home``; ``browse``: ``GET /v1/titles`` (a page drawn by
@@ -48,24 +48,25 @@ from locust import FastHttpUser, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
-from loadtests.locustfiles.common import (  # noqa: E402
+from loadtests.locustfiles.accounts import (  # noqa: E402
     Account,
-    Catalog,
-    abort_start,
     add_account_options,
-    add_option,
     auth,
-    fail_usage,
     forget_session_on_401,
-    is_master,
-    is_reporting_node,
     judge_json,
     load_accounts,
     page_shape,
     preload_accounts,
-    q,
-    run_seed,
     sign_in,
+)
+from loadtests.locustfiles.catalog import Catalog, q  # noqa: E402
+from loadtests.locustfiles.run import (  # noqa: E402
+    abort_start,
+    add_option,
+    fail_usage,
+    is_master,
+    is_reporting_node,
+    run_seed,
 )
 from loadtests.locustfiles.workload import (  # noqa: E402
     Weighted,

@@ -47,8 +47,7 @@ from locust import FastHttpUser, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
-from loadtests.locustfiles.common import (  # noqa: E402
-    Signer,
+from loadtests.locustfiles.run import (  # noqa: E402
     abort_start,
     add_option,
     fail_usage,
@@ -57,6 +56,7 @@ from loadtests.locustfiles.common import (  # noqa: E402
     run_seed,
     worker_share,
 )
+from loadtests.locustfiles.signing import Signer  # noqa: E402
 from loadtests.locustfiles.workload import (  # noqa: E402
     ColdWalk,
     check_content_range,

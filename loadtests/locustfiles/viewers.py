@@ -5,7 +5,7 @@ One visit (locust task) of a viewer, as the web player and the reference player
 (control/player/session.py) do it:
 
 1. the account's session (signed in once per load process, shared by the users on the
-   account: see common.py) and its first profile; the catalog in browse order (read once per
+   account: see accounts.py) and its first profile; the catalog in browse order (read once per
    process, up to ``--catalog-size`` titles);
 2. ``GET /v1/profiles/{id}/home`` (the rows); a title drawn by Zipf popularity (``--zipf``)
    over the catalog's browse order, which is most popular first; ``GET /v1/autocomplete`` with
@@ -70,24 +70,25 @@ from control.player.hls import (  # noqa: E402
     parse_multivariant,
 )
 from control.player.playout import Playout  # noqa: E402
-from loadtests.locustfiles.common import (  # noqa: E402
+from loadtests.locustfiles.accounts import (  # noqa: E402
     Account,
-    Catalog,
-    abort_start,
     add_account_options,
-    add_option,
     auth,
-    fail_usage,
     forget_session_on_401,
-    is_master,
-    is_reporting_node,
     judge_json,
     load_accounts,
     page_shape,
     preload_accounts,
-    q,
-    run_seed,
     sign_in,
+)
+from loadtests.locustfiles.catalog import Catalog, q  # noqa: E402
+from loadtests.locustfiles.run import (  # noqa: E402
+    abort_start,
+    add_option,
+    fail_usage,
+    is_master,
+    is_reporting_node,
+    run_seed,
 )
 from loadtests.locustfiles.workload import (  # noqa: E402
     check_content_range,
@@ -488,11 +489,27 @@ class Viewer(FastHttpUser):
         if episode is not None:
             body["episode_id"] = episode
         t_ask = time.monotonic()
+        started: list[str] = []
+
+        def shape(doc: Any) -> str | None:
+            if isinstance(doc, dict) and isinstance(doc.get("play_id"), str):
+                started.append(doc["play_id"])
+            return _playback_shape(doc)
+
         status, answer = self.api(
-            "POST", "/v1/playback", "POST /v1/playback", json=body, expect=(201,),
-            shape=_playback_shape,
-        )  # fmt: skip
+            "POST", "/v1/playback", "POST /v1/playback", json=body, expect=(201,), shape=shape
+        )
         if answer is None:
+            if started:
+                # Started, but its answer is unusable (a failure already): give the stream
+                # slot back now rather than at the lease's expiry.
+                self.api(
+                    "POST",
+                    f"/v1/playback/{started[0]}/events",
+                    "POST /v1/playback/{id}/events [stop]",
+                    json={"kind": "stop", "position": 0, "client_at": time.time(), "bytes": 0},
+                    shape=_event_shape(started[0], True),
+                )
             if status == 409:
                 log.warning(
                     "event=playback_refused status=409: more plays on one account than its plan "
