@@ -215,9 +215,10 @@ def _start(environment: Environment, **_: Any) -> None:
     STATE.users = itertools.count()
     STATE.error = None
     log.info(
-        "event=viewers_ready accounts=%d streams_per_account=%d seed=%d",
+        "event=viewers_ready accounts=%d streams=%d seed=%d",
         len(STATE.accounts),
-        STATE.config.streams,
+        # This process's streams: a worker on a shared account holds only its share of them.
+        sum(a.streams for a in STATE.accounts),
         STATE.seed,
     )
 
