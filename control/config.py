@@ -194,6 +194,9 @@ class ControlConfig:
     fill: FillConfig = field(default_factory=FillConfig)
     log_level: str = "info"  # one of LOG_LEVELS
     workers: int = 1  # serving processes sharing the port (SO_REUSEPORT), 1..64
+    # Where `npm ci` put the web player's hls.js and dash.js; None = the node_modules next to
+    # the control package (a git checkout installed with `pip install -e`).
+    node_modules: Path | None = None
 
 
 def _span(seconds: float) -> str:
@@ -319,6 +322,15 @@ class _R(KeyChecker):
             raise self.fail(key, f"{v!r} does not exist or is not a readable file")
         return Path(os.path.abspath(v))
 
+    def directory(self, v: object, key: str) -> Path | None:
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v:
+            raise self.fail(key, f"expected a directory path, got {describe_value(v)}")
+        if not os.path.isdir(v) or not os.access(v, os.R_OK | os.X_OK):
+            raise self.fail(key, f"{v!r} does not exist or is not a readable directory")
+        return Path(os.path.abspath(v))
+
     def database_url(self, v: object, key: str) -> str:
         # Errors never quote a postgresql URL: it may hold a password.
         if not isinstance(v, str) or not v.startswith(
@@ -353,7 +365,7 @@ class _R(KeyChecker):
 TOP: Final = (
     "listen", "database", "public_url", "cors_origins", "trusted_proxies", "max_body",
     "sessions", "kdf", "rate_limits", "plans", "profiles", "playback", "catalog_feed",
-    "recommend", "fill", "log_level", "workers",
+    "recommend", "fill", "log_level", "workers", "node_modules",
 )  # fmt: skip
 FILL_KEYS: Final = (
     "credential_file", "origin_credential_file", "half_life_days", "window_days", "boost_views",
@@ -563,6 +575,7 @@ def parse_config(
         fill=fill,
         log_level=level,
         workers=r.integer(_get(top, "workers", 1), "workers", 1, 64),
+        node_modules=r.directory(top.get("node_modules"), "node_modules"),
     )
 
 

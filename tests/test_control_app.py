@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+import pytest
+import yaml
 
 
 async def test_starts_migrated_and_healthy(start_control: Any) -> None:
@@ -99,3 +104,30 @@ async def test_every_error_has_one_shape_and_is_counted(start_control: Any) -> N
         assert isinstance(r.body["error"]["message"], str) and r.body["error"]["message"]
     assert rc.counter("control_requests", "/v1/sessions", "POST", "413") == 1
     assert rc.counter("control_requests", "/v1/account", "GET", "401") == 2
+
+
+async def test_the_web_player_s_scripts_come_from_the_configured_node_modules(
+    start_control: Any, tmp_path: Path
+) -> None:
+    """A non-editable install has no node_modules next to the package: `node_modules` says
+    where `npm ci` put them."""
+    modules = tmp_path / "node_modules"
+    (modules / "hls.js" / "dist").mkdir(parents=True)
+    (modules / "hls.js" / "dist" / "hls.min.js").write_text("/* hls.js */")
+    rc = await start_control(node_modules=str(modules))
+    async with aiohttp.ClientSession() as client:
+        async with client.get(rc.url + "/vendor/hls.js") as r:
+            assert (r.status, await r.text()) == (200, "/* hls.js */")
+        async with client.get(rc.url + "/vendor/dash.js") as r:
+            assert r.status == 404  # not in that directory
+            assert "set node_modules" in (await r.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("value", ["/nonexistent/node_modules", "", 3])
+def test_node_modules_must_be_a_readable_directory(tmp_path: Path, value: object) -> None:
+    from control.config import ConfigError, load_config
+
+    path = tmp_path / "control.yaml"
+    path.write_text(yaml.safe_dump({"node_modules": value}))
+    with pytest.raises(ConfigError, match="node_modules"):
+        load_config(path)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from control.routes.webplayer import DASH_JS
+from control.routes.webplayer import DASH_JS, NODE_MODULES
 
 from .page_player import play_on_page, short_fleet
 from .test_web_player import _demo_session, _missing
@@ -34,7 +34,8 @@ PLAYBACK_RATE = 2
 
 @pytest.fixture
 def dash_tools() -> None:
-    missing = _missing() or (None if DASH_JS.is_file() else f"{DASH_JS} (npm ci)")
+    dash_js = NODE_MODULES / DASH_JS
+    missing = _missing() or (None if dash_js.is_file() else f"{dash_js} (npm ci)")
     if missing is None:
         return
     if os.environ.get("CI") == "true":

@@ -22,16 +22,28 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from ..app import control_of
 from ..errors import NotFound
 from ..openapi import error_responses
 
 routes = web.RouteTableDef()
 
 WEB_DIR: Final = Path(__file__).resolve().parent.parent / "web"
-# The repository's node_modules (``npm ci`` at the root, next to package.json).
+# The repository's node_modules (``npm ci`` at the root, next to package.json), unless the
+# configuration's ``node_modules`` says where they are (a non-editable install).
 NODE_MODULES: Final = Path(__file__).resolve().parents[2] / "node_modules"
-HLS_JS: Final = NODE_MODULES / "hls.js" / "dist" / "hls.min.js"
-DASH_JS: Final = NODE_MODULES / "dashjs" / "dist" / "modern" / "umd" / "dash.all.min.js"
+HLS_JS: Final = Path("hls.js", "dist", "hls.min.js")
+DASH_JS: Final = Path("dashjs", "dist", "modern", "umd", "dash.all.min.js")
+
+
+def _vendor(request: web.Request, name: Path, what: str) -> web.FileResponse:
+    path = (control_of(request).config.node_modules or NODE_MODULES) / name
+    if not path.is_file():
+        raise NotFound(
+            f"{what} is not installed: run `npm ci` at the repository root (or set node_modules)"
+        )
+    return _file(path)
+
 
 _TYPES: Final = {
     ".html": "text/html; charset=utf-8",
@@ -80,16 +92,12 @@ async def static(request: web.Request) -> web.FileResponse:
 
 @routes.get("/vendor/hls.js")
 async def hls_js(request: web.Request) -> web.FileResponse:
-    if not HLS_JS.is_file():
-        raise NotFound("hls.js is not installed: run `npm ci` at the repository root")
-    return _file(HLS_JS)
+    return _vendor(request, HLS_JS, "hls.js")
 
 
 @routes.get("/vendor/dash.js")
 async def dash_js(request: web.Request) -> web.FileResponse:
-    if not DASH_JS.is_file():
-        raise NotFound("dash.js is not installed: run `npm ci` at the repository root")
-    return _file(DASH_JS)
+    return _vendor(request, DASH_JS, "dash.js")
 
 
 # -- OpenAPI -------------------------------------------------------------------------------
