@@ -846,3 +846,76 @@ def test_segments_refuses_unreadable_files_before_anything_runs(
     assert out.returncode == 2, out.stderr[-2000:]
     assert "locust: error: " in out.stderr and message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+async def test_a_play_whose_answer_is_unusable_gives_its_stream_slot_back(tmp_path: Path) -> None:
+    """A control plane that starts plays (201, a play_id) but answers without edges: each such
+    answer is a failed request, and the viewer sends that play's stop at once, so the
+    account's stream slots are not held until the leases expire (4 plays would then lock the
+    account out)."""
+    from aiohttp import web
+
+    title = {"id": "t1", "name": "Sintel"}
+    page = {"items": [title], "total": 1}
+    started: list[str] = []
+    stopped: list[str] = []
+
+    async def sessions(request: web.Request) -> web.Response:
+        return web.json_response({"token": "tok"}, status=201)
+
+    async def profiles(request: web.Request) -> web.Response:
+        return web.json_response({"items": [{"id": "p1"}], "total": 1})
+
+    async def titles(request: web.Request) -> web.Response:
+        return web.json_response(page)
+
+    async def home(request: web.Request) -> web.Response:
+        return web.json_response({"rows": [{"titles": [title]}]})
+
+    async def autocomplete(request: web.Request) -> web.Response:
+        return web.json_response({"suggestions": []})
+
+    async def details(request: web.Request) -> web.Response:
+        return web.json_response({**title, "kind": "movie", "playable": True})
+
+    async def playback(request: web.Request) -> web.Response:
+        play_id = f"play{len(started)}"
+        started.append(play_id)
+        return web.json_response({"play_id": play_id, "edges": []}, status=201)
+
+    async def events(request: web.Request) -> web.Response:
+        play_id = request.match_info["play_id"]
+        if (await request.json()).get("kind") == "stop":
+            stopped.append(play_id)
+        return web.json_response({"play_id": play_id, "stopped": True})
+
+    app = web.Application()
+    app.router.add_post("/v1/sessions", sessions)
+    app.router.add_get("/v1/profiles", profiles)
+    app.router.add_get("/v1/titles", titles)
+    app.router.add_get("/v1/profiles/{pid}/home", home)
+    app.router.add_get("/v1/autocomplete", autocomplete)
+    app.router.add_get("/v1/search", titles)
+    app.router.add_get("/v1/titles/{tid}", details)
+    app.router.add_post("/v1/playback", playback)
+    app.router.add_post("/v1/playback/{play_id}/events", events)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    (tmp_path / "pw").write_text("password-of-the-stub\n")
+    try:
+        run = await locust(
+            tmp_path, "unusable", "viewers.py", "-u", "2", "-r", "2", "--run-time", "3s",
+            "-H", f"http://127.0.0.1:{port}", "--email", "a@example.test",
+            "--password-file", str(tmp_path / "pw"), "--streams-per-account", "1",
+            "--think-time", "0.05", "--exit-code-on-error", "0",
+        )  # fmt: skip
+    finally:
+        await runner.cleanup()
+    plays = run.stats["POST /v1/playback"]
+    assert len(started) >= 3, run.out[-3000:]
+    assert int(plays["Failure Count"]) == int(plays["Request Count"]) == len(started)
+    assert sorted(stopped) == sorted(started)
+    assert run.code == 1  # the failures break the error-rate threshold
